@@ -1,0 +1,91 @@
+"""Architecture registry: a Flax module definition plus its PyTorch (pytorchcv) name mapping.
+
+Adding an architecture = a module definition (conv/dense/act/norm injected through `Ops`) and
+an `ArchSpec` entry here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from typing import Callable, Tuple
+
+from ris_jax.layers import Ops
+from ris_jax.models.mobilenetv2 import MobileNetV2
+from ris_jax.models.resnet import ResNet
+from ris_jax.models.resnet_cifar import CifarResNet
+
+_LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+                  'mean': 'running_mean', 'var': 'running_var'}
+
+
+def pytorchcv_key(path: Tuple[str, ...]) -> str:
+  """Flax variable path → pytorchcv state-dict key.
+
+  ('stage1_unit2', 'body', 'conv1', 'bn', 'mean') → 'features.stage1.unit2.body.conv1.bn.running_mean';
+  the classifier ('output', …) has no 'features.' prefix.
+  """
+  *modules, leaf = path
+  modules = [m.replace('_unit', '.unit') for m in modules]
+  prefix = [] if modules[0] == 'output' else ['features']
+  return '.'.join(prefix + modules + [_LEAF_TO_TORCH[leaf]])
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+  """`build(ops)` makes the Flax module; `torch_model()` the matching PyTorch model (random
+  weights; used by tests and export); `torch_key` maps Flax paths to state-dict keys."""
+  name: str
+  build: Callable[[Ops], object]
+  torch_factory: str  # 'module:function'
+  torch_kwargs: Tuple[Tuple[str, object], ...] = ()
+  image_size: int = 32
+  in_channels: int = 3
+  num_classes: int = 10
+  torch_key: Callable[[Tuple[str, ...]], str] = pytorchcv_key
+
+  def module(self, ops: Ops = Ops()):
+    return self.build(ops)
+
+  def torch_model(self):
+    """The PyTorch model of this architecture (pytorchcv; never imports torchvision)."""
+    module_name, fn = self.torch_factory.split(':')
+    return getattr(importlib.import_module(module_name), fn)(**dict(self.torch_kwargs))
+
+  @property
+  def input_shape(self):
+    return (self.image_size, self.image_size, self.in_channels)
+
+
+def _cifar(depth, classes):
+  return lambda ops: CifarResNet(depth=depth, num_classes=classes, ops=ops)
+
+
+ARCHS = {}
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+  ARCHS[spec.name] = spec
+  return spec
+
+
+for _depth in (20, 56):
+  for _classes in (10, 100):
+    register(ArchSpec(f'resnet{_depth}_cifar{_classes}', _cifar(_depth, _classes),
+                      f'pytorchcv.models.resnet_cifar:resnet{_depth}_cifar{_classes}',
+                      num_classes=_classes))
+# The offline teacher: ResNet-20 layout on 16×16 grayscale digits.
+register(ArchSpec('resnet20_digits', _cifar(20, 10), 'pytorchcv.models.resnet_cifar:resnet20_cifar10',
+                  (('in_channels', 1), ('in_size', (16, 16))), image_size=16, in_channels=1))
+register(ArchSpec('resnet18', lambda ops: ResNet(depth=18, ops=ops),
+                  'pytorchcv.models.resnet:resnet18', image_size=224, num_classes=1000))
+register(ArchSpec('resnet50', lambda ops: ResNet(depth=50, ops=ops),
+                  'pytorchcv.models.resnet:resnet50', image_size=224, num_classes=1000))
+register(ArchSpec('mobilenetv2_w1', lambda ops: MobileNetV2(width_scale=1.0, ops=ops),
+                  'pytorchcv.models.mobilenetv2:mobilenetv2_w1', image_size=224, num_classes=1000))
+
+
+def get_arch(name: str) -> ArchSpec:
+  if name not in ARCHS:
+    raise KeyError(f"unknown arch '{name}'; known: {', '.join(sorted(ARCHS))}")
+  return ARCHS[name]
