@@ -11,8 +11,7 @@ import argparse
 import collections
 import json
 import os
-import pickle
-import zipfile
+import warnings
 from typing import Any, Dict, Mapping, Tuple, Union
 
 import jax
@@ -48,6 +47,16 @@ def _leaves(tree) -> Dict[Tuple[str, ...], Any]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _load_failure(e: Exception) -> str:
+  """The informative part of a `torch.load` error (the weights-only unpickler's detail rather
+  than its advice to pass weights_only=False)."""
+  text = str(e)
+  if 'WeightsUnpickler error:' in text:
+    text = text.split('WeightsUnpickler error:', 1)[1]
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0].split('. ')[0][:200] if lines else type(e).__name__
+
+
 def read_torch_state_dict(source) -> Dict[str, np.ndarray]:
   """A state dict (path or mapping) as numpy arrays; unwraps {'state_dict': …} /
   {'model': …} and strips a DataParallel 'module.' prefix."""
@@ -57,11 +66,11 @@ def read_torch_state_dict(source) -> Dict[str, np.ndarray]:
     if not os.path.isfile(path):
       raise UserError(f'checkpoint file not found: {path}')
     try:
-      obj = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError) as e:
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise UserError(f'cannot read {path} as a PyTorch checkpoint ({reason[:200]}); '
+      with warnings.catch_warnings():  # e.g. a pickle-protocol warning: stderr stays one line
+        warnings.simplefilter('ignore')
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a corrupt file can raise nearly anything (IndexError, KeyError, …)
+      raise UserError(f'cannot read {path} as a PyTorch checkpoint ({_load_failure(e)}); '
                       'expected a file written by torch.save(model.state_dict(), path)') from None
   else:
     obj = source
@@ -76,7 +85,10 @@ def read_torch_state_dict(source) -> Dict[str, np.ndarray]:
     if not hasattr(value, 'shape'):
       raise UserError(f"state dict entry '{key}' is a {type(value).__name__}, not a tensor")
     key = key[len('module.'):] if key.startswith('module.') else key
-    out[key] = value.detach().cpu().numpy() if hasattr(value, 'detach') else np.asarray(value)
+    if hasattr(value, 'detach'):
+      value = value.detach().cpu()
+      value = value.float() if value.is_floating_point() else value  # numpy has no bfloat16
+    out[key] = value.numpy() if hasattr(value, 'numpy') else np.asarray(value)
   return out
 
 
@@ -126,11 +138,12 @@ def torch_to_flax(arch: Union[str, ArchSpec], state_dict) -> Dict[str, Any]:
   for key, path in wanted.items():
     shape = template[path].shape
     value = sd[key]
-    expected = value.shape if value.ndim == 4 and len(shape) == 2 else _torch_shape(shape)
-    if tuple(value.shape) != tuple(expected) or (value.ndim == 4 and len(shape) == 2
-                                                 and value.shape[:2] != (shape[1], shape[0])):
+    expected = _torch_shape(shape)
+    if value.ndim == 4 and len(shape) == 2:
+      expected += (1, 1)  # a dense layer stored as a 1×1 conv (pytorchcv MobileNetV2)
+    if tuple(value.shape) != expected:
       raise UserError(f"shape mismatch for '{key}': arch '{spec.name}' expects "
-                      f'{tuple(_torch_shape(shape))}, checkpoint has {tuple(value.shape)}')
+                      f'{expected}, checkpoint has {tuple(value.shape)}')
     flat[path] = jnp.asarray(_to_flax_layout(value.astype(np.float32), shape))
   return _unflatten(flat)
 

@@ -1,0 +1,89 @@
+"""Defaults of every field: RIS on CIFAR-10 ResNet-20 at W4A4 with the reference
+hyper-parameters of method.md (GDFQ-family schedule). Other configs start from here."""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.mode = 'train'  # train | train_teacher | eval_teacher
+  c.seed = 0
+  c.overwrite = False  # allow a workdir that holds a run of another config
+  c.run_baseline = False  # also run the GDFQ baseline (RIS terms off) in workdir/gdfq
+  c.distributed = False  # multi-host (TPU pod, SLURM): call jax.distributed.initialize()
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.arch = 'resnet20_cifar10'
+  # A PyTorch state dict (.pth) or a directory written by `python -m ris_jax.convert`.
+  # Empty for the digits teacher: trained once and cached under cache_dir.
+  c.teacher.checkpoint = ''
+  c.teacher.cache_dir = '~/.cache/ris_jax'
+
+  c.teacher_training = ml_collections.ConfigDict()  # only for trainable offline teachers
+  c.teacher_training.epochs = 20
+  c.teacher_training.batch_size = 64
+  c.teacher_training.learning_rate = 0.1
+  c.teacher_training.weight_decay = 5e-4
+  c.teacher_training.max_shift = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'cifar10'  # evaluation set: digits | fashion_mnist | cifar10 | cifar100 | imagenet2012 | folder:<dir>
+  c.data.split = 'test'
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)
+  c.data.eval_batch_size = 500
+
+  c.quant = ml_collections.ConfigDict()
+  c.quant.w_bits = 4
+  c.quant.a_bits = 4
+  c.quant.first_last_bits = ml_collections.config_dict.placeholder(int)  # e.g. 8
+  c.quant.clipped_ste = False
+  c.quant.ema_momentum = 0.9
+
+  c.generator = ml_collections.ConfigDict()
+  c.generator.kind = 'gdfq'  # gdfq (CIFAR) | conditional_bn (ImageNet)
+  c.generator.latent_dim = 100
+  c.generator.width = 128
+  c.generator.learning_rate = 1e-3
+  c.generator.b1 = 0.5
+  c.generator.b2 = 0.999
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.bns_weight = 0.1  # β
+  c.loss.robust_weight = 1.0  # λ_r; 0 turns the robustness objective off (GDFQ)
+  c.loss.input_perturbation = True
+  c.loss.input_kinds = ('crop', 'flip', 'translate', 'noise')
+  c.loss.noise_std = 0.1
+  c.loss.weight_perturbation = True
+  c.loss.weight_eps = 0.05  # ε of θ̃ = θ + ε|θ|ξ
+  c.loss.adversarial = False  # weight perturbation along the sign of the ascent direction
+  c.loss.num_draws = 1  # N perturbations per step, averaged
+  c.loss.feature_weight = 1.0
+  c.loss.prediction_weight = 1.0
+  c.loss.prediction_distance = 'l1'  # l1 | kl
+  c.loss.margin_fraction = 0.0  # hinge at this fraction of the noise-image inconsistency
+  c.loss.soft_labels = True  # RIS diversity: decorrelated soft labels
+  c.loss.kappa = 3.0
+  c.loss.decorrelate_steps = 3
+  c.loss.diversity_weight = 0.0  # λ_d of the correlation-penalty variant
+  c.loss.kd_tau = 20.0
+  c.loss.kd_alpha = 1.0
+  c.loss.kd_reduction = 'mean'  # mean (GDFQ) | batchmean
+  c.loss.student_ce = True  # False: KD only (AIT variant)
+
+  c.student = ml_collections.ConfigDict()
+  c.student.learning_rate = 1e-4
+  c.student.momentum = 0.9
+  c.student.nesterov = True
+  c.student.weight_decay = 1e-4
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 200
+  c.train.steps = 80_000  # 400 epochs × 200 iterations
+  c.train.warmup_steps = 800  # student frozen, activation ranges calibrating (4 epochs)
+  c.train.calibration_steps = 800
+  c.train.decay_steps = (20_000, 40_000, 60_000)  # ×0.1 for both optimizers
+  c.train.log_every = 200
+  c.train.eval_every = 2_000
+  c.train.checkpoint_every = 2_000
+  c.train.max_checkpoints = 2
+  c.train.progress = True
+  return c

@@ -1,0 +1,59 @@
+"""Config validation (before any compute) and derived configs (the GDFQ baseline)."""
+from __future__ import annotations
+
+import json
+import os
+
+from ris_jax.errors import UserError
+
+MODES = ('train', 'train_teacher', 'eval_teacher')
+
+
+def validate(config) -> None:
+  """Raises a `UserError` naming the field and the fix for values that cannot work."""
+  if config.mode not in MODES:
+    raise UserError(f"config.mode '{config.mode}' is not one of {', '.join(MODES)}")
+  for name in ('w_bits', 'a_bits', 'first_last_bits'):
+    bits = config.quant[name]
+    if bits is not None and not 2 <= bits <= 8:
+      raise UserError(f'config.quant.{name}={bits} is outside 2..8')
+  import jax
+  devices = jax.device_count()
+  if config.mode == 'train' and config.train.batch_size % devices:
+    raise UserError(f'config.train.batch_size={config.train.batch_size} is not divisible by the '
+                    f'{devices} devices; use a multiple of {devices}')
+  if config.train.calibration_steps > config.train.steps or config.train.warmup_steps > config.train.steps:
+    raise UserError('config.train.warmup_steps and calibration_steps must not exceed train.steps')
+  if config.loss.kd_reduction not in ('mean', 'batchmean'):
+    raise UserError(f"config.loss.kd_reduction must be 'mean' or 'batchmean', got {config.loss.kd_reduction!r}")
+  if config.loss.prediction_distance not in ('l1', 'kl'):
+    raise UserError(f"config.loss.prediction_distance must be 'l1' or 'kl', got {config.loss.prediction_distance!r}")
+
+
+def gdfq_baseline(config):
+  """The same run without the RIS terms: CE + BNS, one-hot labels (GDFQ)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.loss.robust_weight = 0.0
+    c.loss.soft_labels = False
+    c.loss.diversity_weight = 0.0
+    c.run_baseline = False
+  return c
+
+
+def write_summary(results: dict, workdir: str) -> None:
+  """workdir/summary.{json,md}: teacher, calibrated, GDFQ and RIS top-1 side by side."""
+  ris, gdfq = results['ris'], results['gdfq']
+  rows = [('FP teacher', ris['teacher_top1'], ris['teacher_top1']),
+          ('calibrated (before fine-tuning)', ris['student_top1_initial'], ris['student_top1_initial']),
+          ('GDFQ (CE + BNS)', gdfq['student_top1_final'], gdfq['student_top1_best']),
+          ('RIS', ris['student_top1_final'], ris['student_top1_best'])]
+  lines = [f"W{ris['w_bits']}A{ris['a_bits']}, {ris['steps']} iterations, batch {ris['batch_size']}",
+           '', '| method | top-1 final | top-1 best |', '|---|---|---|']
+  lines += [f'| {name} | {final:.2f} | {best:.2f} |' for name, final, best in rows]
+  lines += ['', f"wall time: RIS {ris['wall_s']:.0f} s, GDFQ {gdfq['wall_s']:.0f} s"]
+  with open(os.path.join(workdir, 'summary.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  print('\n'.join(lines))

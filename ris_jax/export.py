@@ -1,0 +1,237 @@
+"""Export a fake-quantized student to PyTorch.
+
+    python -m ris_jax.export --workdir W --out DIR
+
+Writes two files to DIR:
+
+* `student_state_dict.pth`: `{'state_dict': sd, 'quantization': q}` (read it with
+  `torch.load(path)`, `weights_only=True` works). `sd` is a pytorchcv-named state dict that
+  loads with `strict=True` into the original pytorchcv model
+  (`model.load_state_dict(torch.load(path)['state_dict'])`); every conv/dense weight is on its
+  quantization grid (the fake-quantized value, at most 2^bits levels per output channel).
+  The state dict is wrapped rather than extended because a `quantization` key inside it would
+  break strict loading; `ris_jax.convert.read_torch_state_dict` unwraps it. `q` holds:
+    - 'weights': per torch weight key {'bits', 'axis' (0, the output channel), 'lo', 'hi',
+      'scale', 'zero_point'} (per-channel float32 tensors);
+    - 'activations': per torch activation module (e.g. 'features.stage1.unit1.activ', the
+      ReLU/ReLU6 whose output is quantized) {'bits', 'lo', 'hi', 'scale', 'zero_point',
+      'calibrated'} (per-tensor floats; an uncalibrated quantizer passes values through, as
+      in ris_jax);
+    - 'formula', 'arch', 'w_bits', 'a_bits', 'first_last_bits', 'input_layout' ('NCHW').
+  Quantizer: s = (2^k − 1)/max(hi − lo, 1e-8), zp = round(s·lo) + 2^(k−1),
+  q = clip(round(s·x − zp), −2^(k−1), 2^(k−1) − 1), x̂ = (q + zp)/s, half-to-even rounding.
+* `student.pt2`: a `torch.export` program of the whole fake-quantized student (quantized
+  weights, activation fake-quant after every ReLU/ReLU6 with the frozen ranges, global
+  average pool), NCHW float32 input of any batch size:
+  `torch.export.load(path).module()(x)`; it needs nothing of ris_jax.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Dict, Mapping, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ris_jax import convert, layers
+from ris_jax.errors import UserError, cli_entry
+from ris_jax.models import ArchSpec
+
+STATE_DICT_FILE = 'student_state_dict.pth'
+PROGRAM_FILE = 'student.pt2'
+FORMULA = ('s = (2^k - 1) / max(hi - lo, 1e-8); zp = round(s*lo) + 2^(k-1); '
+           'q = clip(round(s*x - zp), -2^(k-1), 2^(k-1) - 1); x_hat = (q + zp) / s; '
+           'round = half-to-even')
+
+
+def scale_zero_point(lo, hi, bits: int) -> Tuple[np.ndarray, np.ndarray]:
+  """float32 (scale, zero point) of the quantizer for [lo, hi], computed as `quant._quantize`."""
+  lo = np.asarray(lo, np.float32)
+  hi = np.asarray(hi, np.float32)
+  scale = np.float32(2.0 ** bits - 1.0) / np.maximum(hi - lo, np.float32(1e-8))
+  zero_point = np.round(scale * lo) + np.float32(2.0 ** (bits - 1))
+  return scale.astype(np.float32), zero_point.astype(np.float32)
+
+
+def _quantizers(spec: ArchSpec, qspec, variables):
+  """The student's quantizers, found by tracing its forward pass (no compute):
+  ({conv/dense module path: kernel quantizer}, {activation module path: Activation})."""
+  module = spec.module(qspec.ops())
+  kernels, acts = {}, {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    m = context.module
+    if context.method_name == '__call__':
+      if isinstance(m, (layers.Conv, layers.Dense)) and m.kernel_quantizer is not None:
+        kernels[tuple(m.path)] = m.kernel_quantizer
+      elif isinstance(m, layers.Activation):
+        acts[tuple(m.path)] = m
+    return next_fun(*args, **kwargs)
+
+  x = jax.ShapeDtypeStruct((1,) + spec.input_shape, jnp.float32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v, x: module.apply(v, x), dict(variables), x)
+  return kernels, acts
+
+
+def _get(tree, path):
+  for name in path:
+    if name not in tree:
+      raise UserError(f"student variables lack {'/'.join(path)}")
+    tree = tree[name]
+  return tree
+
+
+def _torch_prefix(spec: ArchSpec, module_path: Tuple[str, ...]) -> str:
+  """Torch module name of a Flax module path (via the arch's key mapping)."""
+  key = spec.torch_key(tuple(module_path) + ('kernel',))
+  return key[:-len('.weight')]
+
+
+def _activation_name(spec: ArchSpec, path: Tuple[str, ...]) -> str:
+  """Flax Activation path → pytorchcv module name: ('stage1_unit1', 'Activation_0') →
+  'features.stage1.unit1.activ' (ConvBlock.activ, ResUnit.activ)."""
+  *parent, own = path
+  if own != 'Activation_0':
+    raise UserError(f"cannot map activation {'/'.join(path)} to a pytorchcv module "
+                    '(expected one Activation per block)')
+  return _torch_prefix(spec, tuple(parent)) + '.activ'
+
+
+def quantized_student(spec: ArchSpec, qspec, variables: Mapping[str, Any]):
+  """(state dict with weights on their grid, quantization entry) of a student."""
+  import torch
+  kernels, acts = _quantizers(spec, qspec, variables)
+  params = jax.tree.map(np.asarray, flax.core.unfreeze(variables['params']))
+  q_weights = {}
+  for path, quantizer in sorted(kernels.items()):
+    kernel = np.asarray(_get(params, path + ('kernel',)), np.float32)
+    quantized = np.asarray(jax.jit(quantizer)(jnp.asarray(kernel)))
+    node = _get(params, path)
+    node['kernel'] = quantized
+    axes = tuple(range(kernel.ndim - 1))
+    lo, hi = kernel.min(axis=axes), kernel.max(axis=axes)
+    scale, zp = scale_zero_point(lo, hi, quantizer.bits)
+    q_weights[spec.torch_key(path + ('kernel',))] = {
+        'bits': int(quantizer.bits), 'axis': 0, 'lo': torch.from_numpy(lo),
+        'hi': torch.from_numpy(hi), 'scale': torch.from_numpy(scale),
+        'zero_point': torch.from_numpy(zp)}
+  state_dict = convert.flax_to_torch(spec, {'params': params,
+                                            'batch_stats': variables['batch_stats']})
+  q_acts = {}
+  for path, act in sorted(acts.items()):
+    name = _activation_name(spec, path)
+    quantizer = act.quantizer
+    if quantizer is None:
+      continue
+    ranges = _get(variables['quant_ranges'], path)
+    lo, hi = np.float32(ranges['lo']), np.float32(ranges['hi'])
+    scale, zp = scale_zero_point(lo, hi, quantizer.bits)
+    q_acts[name] = {'bits': int(quantizer.bits), 'fn': act.fn, 'lo': float(lo), 'hi': float(hi),
+                    'scale': float(scale), 'zero_point': float(zp),
+                    'calibrated': bool(int(ranges['count']) > 0)}
+  quantization = {'formula': FORMULA, 'arch': spec.name, 'w_bits': int(qspec.w_bits),
+                  'a_bits': int(qspec.a_bits),
+                  'first_last_bits': None if qspec.first_last_bits is None
+                  else int(qspec.first_last_bits),
+                  'input_layout': 'NCHW', 'weights': q_weights, 'activations': q_acts}
+  return state_dict, quantization
+
+
+def _fake_quant_activation_class():
+  import torch
+
+  class FakeQuantActivation(torch.nn.Module):
+    """ReLU/ReLU6 then the per-tensor fake quantizer with a frozen range."""
+
+    def __init__(self, activ, bits: int, scale: float, zero_point: float):
+      super().__init__()
+      self.activ = activ
+      self.qmin = -2.0 ** (bits - 1)
+      self.qmax = 2.0 ** (bits - 1) - 1.0
+      self.register_buffer('scale', torch.tensor(scale, dtype=torch.float32), persistent=False)
+      self.register_buffer('zero_point', torch.tensor(zero_point, dtype=torch.float32),
+                           persistent=False)
+
+    def forward(self, x):
+      x = self.activ(x)
+      q = torch.clamp(torch.round(x * self.scale - self.zero_point), self.qmin, self.qmax)
+      return (q + self.zero_point) / self.scale
+
+  return FakeQuantActivation
+
+
+def torch_student(spec: ArchSpec, state_dict, quantization):
+  """The eager PyTorch fake-quantized student (eval mode): pytorchcv model, quantized
+  weights, activations wrapped in fake quantizers, final pool made global."""
+  import torch
+  model = spec.torch_model()
+  model.load_state_dict(state_dict, strict=True)
+  model.eval()
+  fq_class = _fake_quant_activation_class()
+  relus = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))}
+  acts = quantization['activations']
+  if set(acts) != relus:
+    missing, extra = sorted(relus - set(acts)), sorted(set(acts) - relus)
+    raise UserError(f"activation quantizers do not match the pytorchcv model of '{spec.name}' "
+                    f'(torch activations without a quantizer: {missing[:4]}; '
+                    f'quantizers without a torch activation: {extra[:4]})')
+  for name, q in acts.items():
+    activ = model.get_submodule(name)
+    want = torch.nn.ReLU6 if q['fn'] == 'relu6' else torch.nn.ReLU
+    if type(activ) is not want:
+      raise UserError(f"'{name}' is a {type(activ).__name__}, the student has {q['fn']}")
+    if q['calibrated']:
+      parent, _, child = name.rpartition('.')
+      setattr(model.get_submodule(parent), child,
+              fq_class(activ, q['bits'], q['scale'], q['zero_point']))
+  for name, m in list(model.named_modules()):
+    if isinstance(m, torch.nn.AvgPool2d) and name.endswith('final_pool'):
+      parent, _, child = name.rpartition('.')
+      setattr(model.get_submodule(parent), child, torch.nn.AdaptiveAvgPool2d(1))
+  return model
+
+
+def export_program(spec: ArchSpec, model):
+  """`torch.export` program of `model` with a dynamic batch dimension (NCHW input)."""
+  import torch
+  x = torch.zeros((2, spec.in_channels, spec.image_size, spec.image_size), dtype=torch.float32)
+  batch = torch.export.Dim('batch', min=1, max=1 << 16)
+  return torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+
+
+def export_student(spec: ArchSpec, qspec, variables: Mapping[str, Any],
+                   out_dir: str) -> Dict[str, str]:
+  """Writes `student_state_dict.pth` and `student.pt2` (see the module docstring) to
+  `out_dir`; returns their paths."""
+  import torch
+  state_dict, quantization = quantized_student(spec, qspec, variables)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {'state_dict': os.path.join(out_dir, STATE_DICT_FILE),
+           'program': os.path.join(out_dir, PROGRAM_FILE)}
+  torch.save({'state_dict': state_dict, 'quantization': quantization}, paths['state_dict'])
+  program = export_program(spec, torch_student(spec, state_dict, quantization))
+  torch.export.save(program, paths['program'])
+  return paths
+
+
+@cli_entry
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog='python -m ris_jax.export',
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='training workdir of the student')
+  parser.add_argument('--out', required=True, help='output directory')
+  args = parser.parse_args(argv)
+  from ris_jax.train import load_student
+  spec, qspec, variables = load_student(args.workdir)
+  paths = export_student(spec, qspec, variables, args.out)
+  print(f'exported {spec.name} W{qspec.w_bits}A{qspec.a_bits} student → '
+        f"{paths['state_dict']}, {paths['program']}")
+
+
+if __name__ == '__main__':
+  main()

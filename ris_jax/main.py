@@ -1,0 +1,55 @@
+"""Entry point: python -m ris_jax.main --config configs/<name>.py[:arg] --workdir DIR
+[--config.field=value ...]. The only module that reads flags."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ris_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def run(config, workdir: str) -> dict:
+  """Dispatches on `config.mode`; returns the results dict."""
+  from ris_jax import config as config_lib, loop, teacher
+  config_lib.validate(config)
+  if config.distributed:
+    import jax
+    jax.distributed.initialize()
+  if config.mode == 'train_teacher':
+    return teacher.train_teacher(config, os.path.join(workdir, 'teacher'))
+  if config.mode == 'eval_teacher':
+    from ris_jax import evaluation
+    _, module, variables = teacher.get_teacher(config)
+    top1 = evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
+                               config.data.eval_batch_size, config.data.data_dir)
+    return {'teacher_top1': top1}
+  if not config.run_baseline:
+    return loop.train_and_evaluate(config, workdir)
+  results = {'ris': loop.train_and_evaluate(config, os.path.join(workdir, 'ris'))}
+  results['gdfq'] = loop.train_and_evaluate(config_lib.gdfq_baseline(config),
+                                            os.path.join(workdir, 'gdfq'))
+  config_lib.write_summary(results, workdir)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    results = run(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

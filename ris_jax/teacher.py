@@ -1,0 +1,119 @@
+"""Training a full-precision teacher on an in-memory dataset (the offline digits teacher).
+
+The result is saved as a converted-model directory (`convert.save_variables`), the same
+format as `python -m ris_jax.convert` writes for PyTorch teachers, so the RIS pipeline loads
+both the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from ris_jax import convert, data, evaluation, losses
+from ris_jax.errors import UserError
+from ris_jax.models import get_arch
+
+
+def random_translate(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
+  """Shifts each image (N, H, W, C) by an integer offset in [−max_shift, max_shift]², zero fill."""
+  if max_shift <= 0:
+    return images
+  n, h, w, _ = images.shape
+  pad = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+  offsets = jax.random.randint(rng, (n, 2), 0, 2 * max_shift + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  return jax.vmap(crop)(pad, offsets)
+
+
+def train_teacher(config, out_dir: str) -> Dict[str, Any]:
+  """Trains `config.teacher.arch` on `config.data.dataset` (train split) with SGD + cosine
+  schedule and random translations; saves it as a converted-model directory `out_dir`
+  (with `teacher_results.json`); returns the results."""
+  spec = get_arch(config.teacher.arch)
+  tc = config.teacher_training
+  arrays = data.load_arrays(config.data.dataset, 'train', config.data.get('data_dir'))
+  n = len(arrays['label'])
+  steps_per_epoch = n // tc.batch_size
+  total_steps = tc.epochs * steps_per_epoch
+  module = spec.module()
+  rng = jax.random.key(config.seed)
+  variables = module.init(rng, jnp.zeros((1,) + spec.input_shape), train=False)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  schedule = optax.cosine_decay_schedule(tc.learning_rate, total_steps)
+  tx = optax.chain(optax.add_decayed_weights(tc.weight_decay),
+                   optax.sgd(schedule, momentum=0.9, nesterov=True))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, batch_stats, opt_state, images, labels, rng):
+    images = random_translate(rng, images, tc.max_shift)
+
+    def loss_fn(p):
+      logits, updates = module.apply({'params': p, 'batch_stats': batch_stats}, images,
+                                     train=True, mutable=['batch_stats'])
+      return losses.cross_entropy(logits, labels), updates['batch_stats']
+    (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_bs, opt_state, loss
+
+  start = time.time()
+  np_rng = np.random.RandomState(config.seed)
+  bar = tqdm(range(total_steps), desc='teacher', dynamic_ncols=True)
+  for i in bar:
+    if i % steps_per_epoch == 0:
+      order = np_rng.permutation(n)
+    sel = order[(i % steps_per_epoch) * tc.batch_size:(i % steps_per_epoch + 1) * tc.batch_size]
+    params, batch_stats, opt_state, loss = step(
+        params, batch_stats, opt_state, arrays['image'][sel], arrays['label'][sel],
+        jax.random.fold_in(rng, i))
+    if i % 20 == 0:
+      bar.set_postfix(loss=f'{float(loss):.3f}')
+  variables = {'params': params, 'batch_stats': batch_stats}
+  result = {'arch': spec.name, 'dataset': config.data.dataset,
+            'test_top1': evaluation.accuracy(module, variables, config.data.dataset, 'test'),
+            'steps': total_steps, 'wall_s': round(time.time() - start, 1)}
+  convert.save_variables(out_dir, spec.name, variables)
+  with open(os.path.join(out_dir, 'teacher_results.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+TRAINABLE_OFFLINE = ('digits', 'fashion_mnist')
+
+
+def get_teacher(config):
+  """(spec, module, variables) of the frozen teacher named by `config.teacher`: a PyTorch
+  state dict, a converted directory, or (offline datasets, no checkpoint given) a teacher
+  trained once and cached under `config.teacher.cache_dir`."""
+  spec = convert.spec_or_error(config.teacher.arch)
+  path = os.path.expanduser(config.teacher.checkpoint or '')
+  if path:
+    if os.path.isdir(path):
+      _, variables = convert.load_variables(path, spec.name)
+    else:
+      variables = convert.torch_to_flax(spec, path)
+  elif config.data.dataset in TRAINABLE_OFFLINE:
+    cache = os.path.join(os.path.expanduser(config.teacher.cache_dir),
+                         f'teacher_{spec.name}_{config.data.dataset}_seed{config.seed}')
+    if not os.path.isfile(os.path.join(cache, 'teacher_results.json')):
+      print(f'No cached teacher at {cache}: training it (once).', flush=True)
+      tmp = cache + f'.tmp{os.getpid()}'
+      train_teacher(config, tmp)
+      if os.path.isdir(cache):
+        shutil.rmtree(cache)
+      os.replace(tmp, cache)
+    _, variables = convert.load_variables(cache, spec.name)
+  else:
+    raise UserError(f'config.teacher.checkpoint is empty: give the PyTorch state dict of the '
+                    f"pretrained '{spec.name}' (--config.teacher.checkpoint=/path/to/weights.pth) "
+                    'or a directory written by python -m ris_jax.convert')
+  return spec, spec.module(), variables
