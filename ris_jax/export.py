@@ -10,20 +10,25 @@ Writes two files to DIR:
   (`model.load_state_dict(torch.load(path)['state_dict'])`); every conv/dense weight is on its
   quantization grid (the fake-quantized value, at most 2^bits levels per output channel).
   The state dict is wrapped rather than extended because a `quantization` key inside it would
-  break strict loading; `ris_jax.convert.read_torch_state_dict` unwraps it. `q` holds:
+  break strict loading; `ris_jax.convert.read_torch_state_dict` unwraps it.
+  `q` holds:
     - 'weights': per torch weight key {'bits', 'axis' (0, the output channel), 'lo', 'hi',
       'scale', 'zero_point'} (per-channel float32 tensors);
     - 'activations': per torch activation module (e.g. 'features.stage1.unit1.activ', the
-      ReLU/ReLU6 whose output is quantized) {'bits', 'lo', 'hi', 'scale', 'zero_point',
+      ReLU/ReLU6 whose output is quantized) {'bits', 'fn', 'lo', 'hi', 'scale', 'zero_point',
       'calibrated'} (per-tensor floats; an uncalibrated quantizer passes values through, as
       in ris_jax);
     - 'formula', 'arch', 'w_bits', 'a_bits', 'first_last_bits', 'input_layout' ('NCHW').
   Quantizer: s = (2^k − 1)/max(hi − lo, 1e-8), zp = round(s·lo) + 2^(k−1),
-  q = clip(round(s·x − zp), −2^(k−1), 2^(k−1) − 1), x̂ = (q + zp)/s, half-to-even rounding.
+  q = clip(round(s·x − zp), −2^(k−1), 2^(k−1) − 1), x̂ = (q + zp)/s, half-to-even rounding;
+  weights are computed with exact float32 division, so w = (q + zp)/s holds bit for bit (the
+  jitted JAX student may differ by ≤ 2 ulp: XLA multiplies by reciprocals).
 * `student.pt2`: a `torch.export` program of the whole fake-quantized student (quantized
   weights, activation fake-quant after every ReLU/ReLU6 with the frozen ranges, global
   average pool), NCHW float32 input of any batch size:
-  `torch.export.load(path).module()(x)`; it needs nothing of ris_jax.
+  `torch.export.load(path).module()(x)`; it needs nothing of ris_jax. Flax activations map
+  to pytorchcv modules by name (`stage1_unit1/body/conv1/Activation_0` →
+  `features.stage1.unit1.body.conv1.activ`); the module walking happens only here.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ris_jax import convert, layers
+from ris_jax import convert, layers, quant
 from ris_jax.errors import UserError, cli_entry
 from ris_jax.models import ArchSpec
 
@@ -55,6 +60,15 @@ def scale_zero_point(lo, hi, bits: int) -> Tuple[np.ndarray, np.ndarray]:
   scale = np.float32(2.0 ** bits - 1.0) / np.maximum(hi - lo, np.float32(1e-8))
   zero_point = np.round(scale * lo) + np.float32(2.0 ** (bits - 1))
   return scale.astype(np.float32), zero_point.astype(np.float32)
+
+
+def fake_quant_np(x, lo, hi, bits: int) -> np.ndarray:
+  """The quantizer formula in float32 numpy, division exact (XLA under `jit` may use
+  reciprocals instead, a few ulp off): what a PyTorch user recomputes from scale and zp."""
+  scale, zero_point = scale_zero_point(lo, hi, bits)
+  half = np.float32(2.0 ** (bits - 1))
+  q = np.clip(np.round(scale * np.asarray(x, np.float32) - zero_point), -half, half - 1)
+  return ((q + zero_point) / scale).astype(np.float32)
 
 
 def _quantizers(spec: ArchSpec, qspec, variables):
@@ -109,12 +123,13 @@ def quantized_student(spec: ArchSpec, qspec, variables: Mapping[str, Any]):
   params = jax.tree.map(np.asarray, flax.core.unfreeze(variables['params']))
   q_weights = {}
   for path, quantizer in sorted(kernels.items()):
+    if not isinstance(quantizer, quant.WeightQuantizer):
+      raise UserError(f"cannot export kernel quantizer {type(quantizer).__name__} of "
+                      f"{'/'.join(path)}")
     kernel = np.asarray(_get(params, path + ('kernel',)), np.float32)
-    quantized = np.asarray(jax.jit(quantizer)(jnp.asarray(kernel)))
-    node = _get(params, path)
-    node['kernel'] = quantized
     axes = tuple(range(kernel.ndim - 1))
     lo, hi = kernel.min(axis=axes), kernel.max(axis=axes)
+    _get(params, path)['kernel'] = fake_quant_np(kernel, lo, hi, quantizer.bits)
     scale, zp = scale_zero_point(lo, hi, quantizer.bits)
     q_weights[spec.torch_key(path + ('kernel',))] = {
         'bits': int(quantizer.bits), 'axis': 0, 'lo': torch.from_numpy(lo),
