@@ -128,7 +128,10 @@ def robustness_term(models: Models, teacher_vars, images, logits, features, rng,
     return losses.robustness_loss(features, logits, p_features, p_logits, cfg.feature_weight,
                                   cfg.prediction_weight, cfg.prediction_distance, *margins)
 
-  values, aux = jax.vmap(one_draw)(jax.random.split(rng, cfg.num_draws))
+  if cfg.num_draws == 1:
+    return one_draw(rng)
+  # lax.map, not vmap: vmapping over weight sets turns every conv into a grouped conv.
+  values, aux = jax.lax.map(one_draw, jax.random.split(rng, cfg.num_draws))
   return jnp.mean(values), jax.tree.map(jnp.mean, aux)
 
 

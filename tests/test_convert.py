@@ -192,22 +192,15 @@ def test_half_precision_checkpoint(tmp_path, sd):
     assert all(v.dtype == np.float32 for v in jax.tree.leaves(got))
 
 
-# `ris_jax/__init__.py` imports `ris_jax.convert`, so `python -m ris_jax.convert` makes runpy
-# warn on stderr before any of our code runs. Known bug, tracked by the xfail test below;
-# remove this filter with it once `__init__` imports `convert` lazily.
-RUNPY_WARNING = "RuntimeWarning: 'ris_jax.convert' found in sys.modules"
-
-
 def run_cli(*args):
   return subprocess.run([sys.executable, '-m', 'ris_jax.convert', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
 
 
 def stderr_lines(result):
-  return [line for line in result.stderr.splitlines() if RUNPY_WARNING not in line]
+  return result.stderr.splitlines()
 
 
-@pytest.mark.xfail(strict=True, reason='ris_jax/__init__.py imports ris_jax.convert eagerly')
 def test_cli_has_no_runpy_warning():
   result = run_cli('--help')
   assert result.returncode == 0

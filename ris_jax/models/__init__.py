@@ -48,9 +48,15 @@ class ArchSpec:
     return self.build(ops)
 
   def torch_model(self):
-    """The PyTorch model of this architecture (pytorchcv; never imports torchvision)."""
+    """The PyTorch model of this architecture (pytorchcv; never imports torchvision). Its
+    fixed-size final average pool becomes a global one (the same function at the native input
+    size; needed at others, e.g. 16×16 digits)."""
+    import torch
     module_name, fn = self.torch_factory.split(':')
-    return getattr(importlib.import_module(module_name), fn)(**dict(self.torch_kwargs))
+    model = getattr(importlib.import_module(module_name), fn)(**dict(self.torch_kwargs))
+    if isinstance(getattr(model.features, 'final_pool', None), torch.nn.AvgPool2d):
+      model.features.final_pool = torch.nn.AdaptiveAvgPool2d(1)
+    return model
 
   @property
   def input_shape(self):
