@@ -6,6 +6,7 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.mode = 'train'  # train | train_teacher | eval_teacher
+  c.method = 'ris'  # ris | gdfq (the baseline: CE + BNS, one-hot labels, no RIS terms)
   c.seed = 0
   c.overwrite = False  # allow a workdir that holds a run of another config
   c.run_baseline = False  # also run the GDFQ baseline (RIS terms off) in workdir/gdfq

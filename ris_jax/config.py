@@ -7,12 +7,15 @@ import os
 from ris_jax.errors import UserError
 
 MODES = ('train', 'train_teacher', 'eval_teacher')
+METHODS = ('ris', 'gdfq')
 
 
 def validate(config) -> None:
   """Raises a `UserError` naming the field and the fix for values that cannot work."""
   if config.mode not in MODES:
     raise UserError(f"config.mode '{config.mode}' is not one of {', '.join(MODES)}")
+  if config.method not in METHODS:
+    raise UserError(f"config.method '{config.method}' is not one of {', '.join(METHODS)}")
   for name in ('w_bits', 'a_bits', 'first_last_bits'):
     bits = config.quant[name]
     if bits is not None and not 2 <= bits <= 8:
@@ -38,6 +41,7 @@ def gdfq_baseline(config):
     c.loss.soft_labels = False
     c.loss.diversity_weight = 0.0
     c.run_baseline = False
+    c.method = 'gdfq'
   return c
 
 

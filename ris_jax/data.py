@@ -273,7 +273,7 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str]):
     if len(source):
       source[0]  # array_record opens its files lazily: fail here, not in a reader thread
     return source
-  except (NotImplementedError, ValueError, RuntimeError, OSError, AssertionError) as e:
+  except (NotImplementedError, ValueError, RuntimeError, OSError, AssertionError, KeyError) as e:
     error = e
   builder = tfds.builder(name, data_dir=data_dir)
   root = os.fspath(builder.data_dir_root)

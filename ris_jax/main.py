@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ris_jax.errors import UserError
@@ -23,6 +23,10 @@ def run(config, workdir: str) -> dict:
   if config.distributed:
     import jax
     jax.distributed.initialize()
+  if config.mode != 'train_teacher':
+    from ris_jax import data
+    # Fails now, before any compute, if the evaluation data is not prepared.
+    data.eval_batches(config.data.dataset, config.data.split, 1, config.data.data_dir)
   if config.mode == 'train_teacher':
     return teacher.train_teacher(config, os.path.join(workdir, 'teacher'))
   if config.mode == 'eval_teacher':
@@ -31,6 +35,8 @@ def run(config, workdir: str) -> dict:
     top1 = evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
                                config.data.eval_batch_size, config.data.data_dir)
     return {'teacher_top1': top1}
+  if config.method == 'gdfq':
+    config = config_lib.gdfq_baseline(config)
   if not config.run_baseline:
     return loop.train_and_evaluate(config, workdir)
   results = {'ris': loop.train_and_evaluate(config, os.path.join(workdir, 'ris'))}
@@ -43,6 +49,8 @@ def run(config, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)  # keep jax/orbax/tfds chatter off the terminal
   try:
     results = run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

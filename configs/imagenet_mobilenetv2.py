@@ -1,0 +1,13 @@
+"""RIS on pytorchcv `mobilenetv2_w1` (FP top-1 73.03), ImageNet validation (resize 256, centre crop
+224), GDFQ-family ImageNet hyper-parameters (method.md): batch 16, student lr 1e-6.
+
+    python -m ris_jax.main --config configs/imagenet_mobilenetv2.py:w4a4 --workdir W \
+        --config.teacher.checkpoint=/path/to/mobilenetv2_w1.pth --config.data.data_dir=DIR
+
+Argument: w3a3 | w4a4 | w5a5, optionally ',gdfq'. AIT-style student: --config.student.learning_rate=1e-4.
+"""
+from configs import _published
+
+
+def get_config(arg='w4a4'):
+  return _published.imagenet(arg, 'mobilenetv2_w1')
