@@ -46,13 +46,32 @@ def run(config, workdir: str) -> dict:
   return results
 
 
+def parse_flags(argv):
+  """absl flag parsing with config errors (unknown field — with ml_collections' "did you
+  mean" —, bad value, missing file) as one line on stderr and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError, ValueError, flags.Error) as e:
+    detail = str(e.args[0] if e.args else e).replace('\\n', ' ').replace('\n', ' ')
+    detail = ' '.join(detail.replace('\\', '').split()).strip('\'"').replace("' Did", ': did')
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    print(f'error: bad --config or override ({detail}); given: {" ".join(overrides)}',
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # keep jax/orbax/tfds chatter off the terminal
   try:
-    results = run(_CONFIG.value, _WORKDIR.value)
+    try:
+      config = _CONFIG.value
+      config.mode  # config files load lazily: a missing or broken file fails here
+    except OSError as e:
+      raise UserError(f'cannot load the config file: {" ".join(str(e).split())[:300]}') from None
+    results = run(config, _WORKDIR.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -60,4 +79,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
