@@ -21,6 +21,10 @@ from tqdm import tqdm
 from ris_jax import evaluation, teacher, train
 from ris_jax.errors import UserError
 
+class TrainingDiverged(UserError):
+  """A loss became NaN/Inf; the run stops, keeping the last good checkpoint."""
+
+
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline')
 
@@ -135,12 +139,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
       meta['student_top1_initial'] = acc()
       writer.write(done, student_top1_initial=meta['student_top1_initial'])
-    if done % tc.log_every == 0 or done == tc.steps:
+    log_now = done % tc.log_every == 0 or done == tc.steps
+    save_now = done % tc.checkpoint_every == 0 or done == tc.steps
+    if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
       metrics = jax.device_get(metrics)
       bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
       if bad:
-        raise FloatingPointError(f'non-finite {", ".join(bad)} at step {done}; the last good '
-                                 f'checkpoint is step {manager.latest_step()}')
+        writer.write(done, event='non_finite', **{k: str(metrics[k]) for k in bad})
+        raise TrainingDiverged(
+            f'{", ".join(bad)} became non-finite by step {done}; the last good checkpoint is '
+            f'step {manager.latest_step()} in {workdir}/checkpoints (lower the learning rates, '
+            'or check the teacher weights)')
+    if log_now:
       steps_per_s = (done - tick_step) / max(time.time() - tick, 1e-9)
       tick, tick_step = time.time(), done
       writer.write(done, steps_per_s=steps_per_s, **metrics)
@@ -154,7 +164,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       bar.write(f'step {done}: student top-1 {top1:.2f}% (teacher {meta["teacher_top1"]:.2f}%)')
       if jax.process_index() == 0:
         _sample_png(models, state, workdir, config.data.dataset, done, config.seed)
-    if done % tc.checkpoint_every == 0 or done == tc.steps:
+    if save_now:
       meta['wall_s'] = meta['wall_s'] + time.time() - start_time
       start_time = time.time()
       manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

@@ -175,7 +175,8 @@ def generator_loss(gen_params, models: Models, gen_stats, teacher_vars, z, label
 
 def student_loss(student_params, models: Models, teacher_vars, quant_ranges, images, labels,
                  teacher_logits, calibrate: bool):
-  """L_Q = CE(Q(x), y) + α·τ²·KL(softmax(T(x)/τ) ‖ softmax(Q(x)/τ)). Returns (L_Q, (ranges, metrics))."""
+  """L_Q = CE(Q(x), y) + α·τ²·KL(softmax(T(x)/τ) ‖ softmax(Q(x)/τ)); `labels` (B,) or soft (B, C).
+  Returns (L_Q, (ranges, metrics))."""
   cfg = models.loss
   variables = {'params': student_params, 'batch_stats': teacher_vars['batch_stats'],
                'quant_ranges': quant_ranges}
@@ -187,8 +188,9 @@ def student_loss(student_params, models: Models, teacher_vars, quant_ranges, ima
   kd = losses.kd_loss(logits, teacher_logits, cfg.kd_tau, cfg.kd_reduction)
   ce = losses.cross_entropy(logits, labels)
   total = cfg.kd_alpha * kd + (ce if cfg.student_ce else 0.0)
+  hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
   return total, (quant_ranges, {'s_loss': total, 's_kd': kd, 's_ce': ce,
-                                's_acc_on_synthetic': jnp.mean(jnp.argmax(logits, -1) == labels)})
+                                's_acc_on_synthetic': jnp.mean(jnp.argmax(logits, -1) == hard)})
 
 
 def ris_step(state: RISState, teacher_vars, margins, *, models: Models, batch_size: int,
@@ -213,7 +215,9 @@ def ris_step(state: RISState, teacher_vars, margins, *, models: Models, batch_si
   generator = {**state.generator, 'params': optax.apply_updates(gen_params, updates)}
 
   images, t_logits = jax.lax.stop_gradient(images), jax.lax.stop_gradient(t_logits)
-  s_args = (models, teacher_vars, state.quant_ranges, images, labels, t_logits, calibrate)
+  # The student learns the labels the images were generated for (soft ones under RIS diversity).
+  s_targets = targets if models.loss.soft_labels else labels
+  s_args = (models, teacher_vars, state.quant_ranges, images, s_targets, t_logits, calibrate)
   if update_student:
     (_, (ranges, s_metrics)), s_grads = jax.value_and_grad(student_loss, has_aux=True)(
         state.student, *s_args)
