@@ -20,6 +20,7 @@ def get_config():
   c.teacher.cache_dir = '~/.cache/ris_jax'
 
   c.teacher_training = ml_collections.ConfigDict()  # only for trainable offline teachers
+  c.teacher_training.seed = 0  # the teacher is the same whatever the run seed
   c.teacher_training.epochs = 20
   c.teacher_training.batch_size = 64
   c.teacher_training.learning_rate = 0.1

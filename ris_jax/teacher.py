@@ -45,7 +45,7 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
   steps_per_epoch = n // tc.batch_size
   total_steps = tc.epochs * steps_per_epoch
   module = spec.module()
-  rng = jax.random.key(config.seed)
+  rng = jax.random.key(tc.seed)
   variables = module.init(rng, jnp.zeros((1,) + spec.input_shape), train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   schedule = optax.cosine_decay_schedule(tc.learning_rate, total_steps)
@@ -66,7 +66,7 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
     return optax.apply_updates(params, updates), new_bs, opt_state, loss
 
   start = time.time()
-  np_rng = np.random.RandomState(config.seed)
+  np_rng = np.random.RandomState(tc.seed)
   bar = tqdm(range(total_steps), desc='teacher', dynamic_ncols=True)
   for i in bar:
     if i % steps_per_epoch == 0:
@@ -103,7 +103,7 @@ def get_teacher(config):
       variables = convert.torch_to_flax(spec, path)
   elif config.data.dataset in TRAINABLE_OFFLINE:
     cache = os.path.join(os.path.expanduser(config.teacher.cache_dir),
-                         f'teacher_{spec.name}_{config.data.dataset}_seed{config.seed}')
+                         f'teacher_{spec.name}_{config.data.dataset}_seed{config.teacher_training.seed}')
     if not os.path.isfile(os.path.join(cache, 'teacher_results.json')):
       print(f'No cached teacher at {cache}: training it (once).', flush=True)
       tmp = cache + f'.tmp{os.getpid()}'
