@@ -1,0 +1,409 @@
+"""A PyTorch reference of one RIS iteration, written from docs/method.md (the speed baseline of
+issue 6; see experiments/bench_step.py).
+
+It mirrors ris_jax's formulation choice by choice: GDFQ generator (BN eps 0.8 in two layers,
+non-affine final BN; conditional-BN generator for ImageNet), frozen pytorchcv teacher in eval
+mode with BN-statistics taps (forward hooks), robustness loss (one random input perturbation
+from {crop, flip, translate, noise} + relative Gaussian weight noise on conv/dense weights via
+torch.func.functional_call; 1 − cos on pooled features + L1 on softmax outputs), decorrelated
+soft labels, the fake-quantized student (per-output-channel weight quantizer, per-tensor
+activation quantizer after every ReLU, plain STE through a torch.autograd.Function), KD
+(τ = 20, 'mean' reduction) + CE, Adam(1e-3, betas 0.5/0.999) for the generator and SGD
+Nesterov for the student.
+
+Usage:
+    ref = TorchRIS(teacher, num_classes=10, image_size=32, batch_size=64)
+    ref.calibrate(n)            # EMA activation ranges on n generator batches
+    metrics = ref.step()        # one iteration (generator step then student step)
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+INPUT_PERTURBATIONS = ('crop', 'flip', 'translate', 'noise')
+
+
+# ----------------------------------------------------------------------------------- generator
+def _upsample2(x):
+  return F.interpolate(x, scale_factor=2, mode='nearest')
+
+
+class GDFQGenerator(nn.Module):
+  """h = z ⊙ (ỹ·E); Linear → (128, s, s) → BN → [×2 → conv 128 → BN(eps 0.8) → LeakyReLU 0.2]
+  → [×2 → conv 64 → BN(eps 0.8) → LeakyReLU 0.2] → conv → tanh → BN without affine."""
+
+  def __init__(self, num_classes: int, image_size: int = 32, channels: int = 3,
+               latent_dim: int = 100, width: int = 128):
+    super().__init__()
+    self.s, self.width = image_size // 4, width
+    self.label_embedding = nn.Parameter(torch.randn(num_classes, latent_dim))
+    self.fc = nn.Linear(latent_dim, width * self.s * self.s)
+    self.bn0 = nn.BatchNorm2d(width)
+    self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+    self.bn1 = nn.BatchNorm2d(width, eps=0.8)
+    self.conv2 = nn.Conv2d(width, width // 2, 3, padding=1)
+    self.bn2 = nn.BatchNorm2d(width // 2, eps=0.8)
+    self.conv3 = nn.Conv2d(width // 2, channels, 3, padding=1)
+    self.bn_out = nn.BatchNorm2d(channels, affine=False)
+    self.memory_format = torch.contiguous_format
+
+  def forward(self, z, soft_labels):
+    h = z * (soft_labels @ self.label_embedding)
+    h = self.fc(h).view(-1, self.width, self.s, self.s).contiguous(memory_format=self.memory_format)
+    h = self.bn0(h)
+    h = F.leaky_relu(self.bn1(self.conv1(_upsample2(h))), 0.2)
+    h = F.leaky_relu(self.bn2(self.conv2(_upsample2(h))), 0.2)
+    return self.bn_out(torch.tanh(self.conv3(h)))
+
+
+class ConditionalBN(nn.Module):
+  """Non-affine BN, then per-class scale/shift mixed by the soft labels."""
+
+  def __init__(self, num_classes: int, channels: int, eps: float = 1e-5):
+    super().__init__()
+    self.bn = nn.BatchNorm2d(channels, eps=eps, affine=False)
+    self.class_scale = nn.Parameter(torch.ones(num_classes, channels))
+    self.class_shift = nn.Parameter(torch.zeros(num_classes, channels))
+
+  def forward(self, x, soft_labels):
+    x = self.bn(x)
+    return (x * (soft_labels @ self.class_scale)[:, :, None, None]
+            + (soft_labels @ self.class_shift)[:, :, None, None])
+
+
+class ConditionalBNGenerator(nn.Module):
+  """The ImageNet generator: Linear on z alone, conditional BN in all three BN layers."""
+
+  def __init__(self, num_classes: int, image_size: int = 224, channels: int = 3,
+               latent_dim: int = 100, width: int = 128):
+    super().__init__()
+    self.s, self.width = image_size // 4, width
+    self.fc = nn.Linear(latent_dim, width * self.s * self.s)
+    self.cbn0 = ConditionalBN(num_classes, width)
+    self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+    self.cbn1 = ConditionalBN(num_classes, width, 0.8)
+    self.conv2 = nn.Conv2d(width, width // 2, 3, padding=1)
+    self.cbn2 = ConditionalBN(num_classes, width // 2, 0.8)
+    self.conv3 = nn.Conv2d(width // 2, channels, 3, padding=1)
+    self.bn_out = nn.BatchNorm2d(channels, affine=False)
+    self.memory_format = torch.contiguous_format
+
+  def forward(self, z, soft_labels):
+    h = self.fc(z).view(-1, self.width, self.s, self.s).contiguous(memory_format=self.memory_format)
+    h = self.cbn0(h, soft_labels)
+    h = F.leaky_relu(self.cbn1(self.conv1(_upsample2(h)), soft_labels), 0.2)
+    h = F.leaky_relu(self.cbn2(self.conv2(_upsample2(h)), soft_labels), 0.2)
+    return self.bn_out(torch.tanh(self.conv3(h)))
+
+
+# ------------------------------------------------------------------------------------ quantizer
+def quantize(x, lo, hi, bits: int):
+  """method.md: s = (2^k − 1)/max(hi − lo, 1e-8), zp = round(s·lo) + 2^(k−1),
+  q = clip(round(s·x − zp), −2^(k−1), 2^(k−1) − 1), x̂ = (q + zp)/s."""
+  half = 2.0 ** (bits - 1)
+  scale = (2.0 ** bits - 1.0) / torch.clamp(hi - lo, min=1e-8)
+  zero_point = torch.round(scale * lo) + half
+  q = torch.clamp(torch.round(scale * x - zero_point), -half, half - 1.0)
+  return (q + zero_point) / scale
+
+
+class FakeQuantSTE(torch.autograd.Function):
+  """Quantize-dequantize; backward = identity (plain straight-through), no grad to lo/hi."""
+
+  @staticmethod
+  def forward(ctx, x, lo, hi, bits):
+    return quantize(x, lo, hi, bits)
+
+  @staticmethod
+  def backward(ctx, g):
+    return g, None, None, None
+
+
+def _weight_fake_quant(w, bits):
+  dims = tuple(range(1, w.dim()))  # all but the output channel (dim 0 in PyTorch layout)
+  lo = w.detach().amin(dim=dims, keepdim=True)
+  hi = w.detach().amax(dim=dims, keepdim=True)
+  return FakeQuantSTE.apply(w, lo, hi, bits)
+
+
+class QConv2d(nn.Conv2d):
+  bits = 4
+
+  def forward(self, x):
+    return self._conv_forward(x, _weight_fake_quant(self.weight, self.bits), self.bias)
+
+
+class QLinear(nn.Linear):
+  bits = 4
+
+  def forward(self, x):
+    return F.linear(x, _weight_fake_quant(self.weight, self.bits), self.bias)
+
+
+class QReLU(nn.Module):
+  """ReLU then the per-tensor activation quantizer; range = EMA (momentum) of batch min/max
+  while `calibrating`, frozen otherwise; unquantized until calibrated once."""
+
+  def __init__(self, bits: int, momentum: float = 0.9):
+    super().__init__()
+    self.bits, self.momentum, self.calibrating, self.count = bits, momentum, False, 0
+    self.register_buffer('lo', torch.zeros(()))
+    self.register_buffer('hi', torch.zeros(()))
+
+  def forward(self, x):
+    y = F.relu(x)
+    if self.calibrating:
+      blo, bhi = y.detach().min(), y.detach().max()
+      if self.count == 0:
+        self.lo.copy_(blo), self.hi.copy_(bhi)
+      else:
+        self.lo.mul_(self.momentum).add_((1 - self.momentum) * blo)
+        self.hi.mul_(self.momentum).add_((1 - self.momentum) * bhi)
+      self.count += 1
+    if self.count == 0:
+      return y
+    return FakeQuantSTE.apply(y, self.lo, self.hi, self.bits)
+
+
+def make_student(teacher: nn.Module, w_bits: int, a_bits: int, momentum: float = 0.9) -> nn.Module:
+  """A fake-quantized copy of the teacher: every Conv2d/Linear weight quantized per output
+  channel, every ReLU followed by a per-tensor activation quantizer; BN in eval mode with the
+  teacher's running statistics, its scale/offset trainable."""
+  student = copy.deepcopy(teacher)
+
+  def swap(module):
+    for name, child in module.named_children():
+      if isinstance(child, nn.Conv2d):
+        child.__class__ = QConv2d
+        child.bits = w_bits
+      elif isinstance(child, nn.Linear):
+        child.__class__ = QLinear
+        child.bits = w_bits
+      elif isinstance(child, (nn.ReLU, nn.ReLU6)):
+        if isinstance(child, nn.ReLU6):
+          raise NotImplementedError('ReLU6 students are not part of the benchmark')
+        setattr(module, name, QReLU(a_bits, momentum))
+      else:
+        swap(child)
+  swap(student)
+  for p in student.parameters():
+    p.requires_grad_(True)
+  return student.eval()
+
+
+# ------------------------------------------------------------------------------------- teacher
+class TeacherTaps(nn.Module):
+  """Wraps a pytorchcv classifier (`features` ending in a pool, `output`): returns (logits,
+  pooled features); while `self.tapping`, forward hooks record each BN input's batch mean and
+  biased variance over (N, H, W)."""
+
+  def __init__(self, model: nn.Module):
+    super().__init__()
+    self.model = model
+    self.tapping = False
+    self.bn_stats: List = []
+    self.bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in self.bns:
+      bn.register_forward_hook(self._hook)
+
+  def _hook(self, module, inputs, output):
+    if self.tapping:
+      x = inputs[0]
+      mean = x.mean(dim=(0, 2, 3))
+      var = (x - mean[None, :, None, None]).square().mean(dim=(0, 2, 3))
+      self.bn_stats.append((mean, var, module.running_mean, module.running_var))
+
+  def forward(self, x):
+    pooled = self.model.features(x).flatten(1)
+    return self.model.output(pooled), pooled
+
+
+# -------------------------------------------------------------------------------- perturbations
+def _interpolation_matrix(size, scale, shift):
+  out = torch.arange(size, dtype=torch.float32) + 0.5
+  src = (out[None, :] - size / 2 - shift[:, None]) / scale[:, None] + size / 2 - 0.5
+  return F.relu(1.0 - (src[:, :, None] - torch.arange(size, dtype=torch.float32)[None, None, :]).abs())
+
+
+def _resample(images, scale, shift):
+  rows = _interpolation_matrix(images.shape[2], scale, shift[:, 0])
+  cols = _interpolation_matrix(images.shape[3], scale, shift[:, 1])
+  return torch.einsum('bih,bchw,bjw->bcij', rows, images, cols)
+
+
+def random_crop(images, min_scale=0.6):
+  b, h = images.shape[0], images.shape[2]
+  zoom = 1.0 / torch.sqrt(torch.empty(b).uniform_(min_scale, 1.0))
+  room = (zoom - 1.0)[:, None] * h / 2
+  shift = torch.empty(b, 2).uniform_(-1.0, 1.0) * room
+  return _resample(images, zoom, shift)
+
+
+def random_flip(images):
+  flip = torch.rand(images.shape[0], 1, 1, 1) < 0.5
+  return torch.where(flip, images.flip(3), images)
+
+
+def random_translate(images, max_fraction=0.125):
+  b, h = images.shape[0], images.shape[2]
+  shift = torch.empty(b, 2).uniform_(-1.0, 1.0) * max_fraction * h
+  return _resample(images, torch.ones(b), shift)
+
+
+def perturb_input(images, kinds: Sequence[str] = INPUT_PERTURBATIONS, noise_std=0.1):
+  kind = kinds[int(torch.randint(len(kinds), ()))]
+  if kind == 'crop':
+    return random_crop(images)
+  if kind == 'flip':
+    return random_flip(images)
+  if kind == 'translate':
+    return random_translate(images)
+  return images + noise_std * torch.randn_like(images)
+
+
+def perturb_weights(params: Dict[str, torch.Tensor], kernel_names, eps: float):
+  """θ̃ = θ + ε·|θ| ⊙ ξ on conv/dense weights (BN and biases untouched)."""
+  return {k: (v + eps * v.abs() * torch.randn_like(v) if k in kernel_names else v)
+          for k, v in params.items()}
+
+
+def label_correlation_penalty(probs):
+  centered = probs - probs.mean(-1, keepdim=True)
+  normed = centered / centered.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+  c = normed @ normed.T
+  b = c.shape[0]
+  off = c * (1.0 - torch.eye(b))
+  return off.square().sum() / (b * (b - 1))
+
+
+def soft_labels(labels, num_classes, kappa=3.0, decorrelate_steps=3, step_size=1.0):
+  logits0 = kappa * F.one_hot(labels, num_classes).float()
+  eta = torch.randn_like(logits0)
+  for _ in range(decorrelate_steps):
+    eta.requires_grad_(True)
+    g, = torch.autograd.grad(label_correlation_penalty(F.softmax(logits0 + eta, -1)), eta)
+    eta = (eta - step_size * g / g.square().mean().sqrt().clamp(min=1e-12)).detach()
+  return F.softmax(logits0 + eta, -1).detach()
+
+
+# ---------------------------------------------------------------------------------------- losses
+def cosine_inconsistency(f, g):
+  den = (f.norm(dim=-1) * g.norm(dim=-1)).clamp(min=1e-8)
+  return (1.0 - (f * g).sum(-1) / den).mean()
+
+
+def prediction_inconsistency(logits, perturbed):
+  return (F.softmax(logits, -1) - F.softmax(perturbed, -1)).abs().sum(-1).mean()
+
+
+def bn_statistics_loss(stats):
+  terms = [(m - rm).square().mean() + (v - rv).square().mean() for m, v, rm, rv in stats]
+  return sum(terms) / len(terms)
+
+
+def kd_loss(student_logits, teacher_logits, tau=20.0):
+  """τ²·KL(softmax(T/τ) ‖ softmax(Q/τ)), KL averaged over all B·C elements ('mean')."""
+  log_p = F.log_softmax(teacher_logits / tau, -1)
+  log_q = F.log_softmax(student_logits / tau, -1)
+  return tau ** 2 * (log_p.exp() * (log_p - log_q)).sum() / student_logits.numel()
+
+
+# ----------------------------------------------------------------------------------- iteration
+class TorchRIS:
+  """Teacher, generator, student, optimizers; `step()` runs one RIS iteration."""
+
+  def __init__(self, teacher: nn.Module, num_classes: int, image_size: int, batch_size: int,
+               generator_kind: str = 'gdfq', latent_dim: int = 100, width: int = 128,
+               w_bits: int = 4, a_bits: int = 4, bns_weight: float = 0.1,
+               robust_weight: float = 1.0, weight_eps: float = 0.05, noise_std: float = 0.1,
+               kappa: float = 3.0, decorrelate_steps: int = 3, kd_tau: float = 20.0,
+               channels_last: bool = False):
+    self.num_classes, self.batch_size, self.latent_dim = num_classes, batch_size, latent_dim
+    self.bns_weight, self.robust_weight, self.weight_eps = bns_weight, robust_weight, weight_eps
+    self.noise_std, self.kappa, self.decorrelate_steps, self.kd_tau = (
+        noise_std, kappa, decorrelate_steps, kd_tau)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    teacher = copy.deepcopy(teacher).eval()  # the caller's model is left as it was
+    for p in teacher.parameters():
+      p.requires_grad_(False)
+    self.student = make_student(teacher, w_bits, a_bits).to(memory_format=fmt)
+    self.teacher = TeacherTaps(teacher.to(memory_format=fmt)).eval()
+    gen_cls = {'gdfq': GDFQGenerator, 'conditional_bn': ConditionalBNGenerator}[generator_kind]
+    self.generator = gen_cls(num_classes, image_size, 3, latent_dim, width).to(memory_format=fmt)
+    self.generator.memory_format = fmt
+    self.generator.train()
+    self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    self.student_opt = torch.optim.SGD(self.student.parameters(), lr=1e-4, momentum=0.9,
+                                       nesterov=True, weight_decay=1e-4)
+    self.teacher_params = dict(self.teacher.named_parameters())
+    self.teacher_buffers = dict(self.teacher.named_buffers())
+    self.kernel_names = {f'{n}.weight' for n, m in self.teacher.named_modules()
+                         if isinstance(m, (nn.Conv2d, nn.Linear))}
+    self.qrelus = [m for m in self.student.modules() if isinstance(m, QReLU)]
+
+  def sample(self):
+    z = torch.randn(self.batch_size, self.latent_dim)
+    labels = torch.randint(self.num_classes, (self.batch_size,))
+    return z, labels, soft_labels(labels, self.num_classes, self.kappa, self.decorrelate_steps)
+
+  def generator_loss(self, z, labels, targets):
+    images = self.generator(z, targets)
+    self.teacher.bn_stats, self.teacher.tapping = [], True
+    logits, features = self.teacher(images)
+    self.teacher.tapping = False
+    ce = F.cross_entropy(logits, targets)
+    bns = bn_statistics_loss(self.teacher.bn_stats)
+    self.teacher.bn_stats = []
+    total = ce + self.bns_weight * bns
+    metrics = {'g_ce': ce, 'g_bns': bns}
+    if self.robust_weight:
+      x = perturb_input(images, INPUT_PERTURBATIONS, self.noise_std)
+      params = perturb_weights(self.teacher_params, self.kernel_names, self.weight_eps)
+      p_logits, p_features = functional_call(self.teacher, {**params, **self.teacher_buffers}, (x,))
+      feat = cosine_inconsistency(features, p_features)
+      pred = prediction_inconsistency(logits, p_logits)
+      rob = feat + pred
+      total = total + self.robust_weight * rob
+      metrics.update(g_rob=rob, feat_inconsistency=feat, pred_inconsistency=pred)
+    metrics['g_loss'] = total
+    return total, images, logits, metrics
+
+  def student_loss(self, images, labels, teacher_logits):
+    logits = self.student(images)
+    kd = kd_loss(logits, teacher_logits, self.kd_tau)
+    ce = F.cross_entropy(logits, labels)
+    return kd + ce, {'s_loss': kd + ce, 's_kd': kd, 's_ce': ce}
+
+  def step(self, update_student: bool = True, calibrate: bool = False):
+    z, labels, targets = self.sample()
+    self.generator_opt.zero_grad(set_to_none=True)
+    total, images, t_logits, metrics = self.generator_loss(z, labels, targets)
+    total.backward()
+    self.generator_opt.step()
+    images, t_logits = images.detach(), t_logits.detach()
+    for q in self.qrelus:
+      q.calibrating = calibrate
+    if update_student:
+      self.student_opt.zero_grad(set_to_none=True)
+      s_total, s_metrics = self.student_loss(images, labels, t_logits)
+      s_total.backward()
+      self.student_opt.step()
+    else:
+      with torch.no_grad():
+        _, s_metrics = self.student_loss(images, labels, t_logits)
+    for q in self.qrelus:
+      q.calibrating = False
+    metrics.update(s_metrics)
+    return {k: v.detach() for k, v in metrics.items()}
+
+  def calibrate(self, steps: int = 1):
+    """Warm-up iterations (student frozen, activation ranges calibrating)."""
+    for _ in range(steps):
+      self.step(update_student=False, calibrate=True)
