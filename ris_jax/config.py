@@ -19,18 +19,24 @@ def validate(config) -> None:
   for name in ('w_bits', 'a_bits', 'first_last_bits'):
     bits = config.quant[name]
     if bits is not None and not 2 <= bits <= 8:
-      raise UserError(f'config.quant.{name}={bits} is outside 2..8')
+      raise UserError(f'config.quant.{name}={bits} is outside 2..8; use a bit-width from 2 to 8')
   import jax
   devices = jax.device_count()
   if config.mode == 'train' and config.train.batch_size % devices:
     raise UserError(f'config.train.batch_size={config.train.batch_size} is not divisible by the '
                     f'{devices} devices; use a multiple of {devices}')
+  for name in ('steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'max_checkpoints'):
+    if config.mode == 'train' and config.train[name] < 1:
+      raise UserError(f'config.train.{name}={config.train[name]} must be at least 1')
   if config.train.calibration_steps > config.train.steps or config.train.warmup_steps > config.train.steps:
     raise UserError('config.train.warmup_steps and calibration_steps must not exceed train.steps')
   if config.loss.kd_reduction not in ('mean', 'batchmean'):
     raise UserError(f"config.loss.kd_reduction must be 'mean' or 'batchmean', got {config.loss.kd_reduction!r}")
   if config.loss.prediction_distance not in ('l1', 'kl'):
     raise UserError(f"config.loss.prediction_distance must be 'l1' or 'kl', got {config.loss.prediction_distance!r}")
+  if config.mode != 'train_teacher':
+    from ris_jax import teacher
+    teacher.check_teacher(config)  # the path and arch, without reading the weights
 
 
 def gdfq_baseline(config):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Dict, Mapping, Tuple
 
 import flax
@@ -241,8 +242,15 @@ def main(argv=None) -> None:
   parser.add_argument('--workdir', required=True, help='training workdir of the student')
   parser.add_argument('--out', required=True, help='output directory')
   args = parser.parse_args(argv)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notes on read-only managers
   from ris_jax.train import load_student
-  spec, qspec, variables = load_student(args.workdir)
+  try:
+    spec, qspec, variables = load_student(args.workdir)
+  except UserError as e:  # as `cli_entry`, and stderr closed to orbax threads still reading
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stderr = open(os.devnull, 'w')
+    sys.exit(2)
   paths = export_student(spec, qspec, variables, args.out)
   print(f'exported {spec.name} W{qspec.w_bits}A{qspec.a_bits} student → '
         f"{paths['state_dict']}, {paths['program']}")

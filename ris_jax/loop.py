@@ -6,8 +6,12 @@ Writes into the workdir: `config.json`, `metrics.jsonl`, `samples.png`, `checkpo
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import shutil
+import sys
 import time
 from typing import Any, Dict
 
@@ -41,23 +45,73 @@ def _flat(config) -> Dict[str, Any]:
   return {k: v for k, v in out.items() if k not in _RESUMABLE_FIELDS}
 
 
-def check_workdir(config, workdir: str) -> None:
-  """Refuses a workdir holding a run of a different config (unless `config.overwrite`);
-  records the config otherwise."""
+# What a run writes into its workdir; `overwrite` removes exactly these (nothing else).
+_RUN_FILES = ('config.json', 'metrics.jsonl', 'results.json', 'samples.png')
+_RUN_DIRS = ('checkpoints',)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` via a temporary file and a rename: a kill leaves the old file or
+  the new one, never a truncated one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _config_diff(config, workdir: str):
+  """Fields (with old → new values) in which `config` differs from the run recorded in
+  `workdir/config.json`; [] when there is none or it is the same config."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir {workdir} is a file, not a directory; give a directory')
   path = os.path.join(workdir, 'config.json')
-  if os.path.isfile(path) and not config.overwrite:
+  if not os.path.isfile(path):
+    return []
+  try:
     with open(path) as f:
       old = _flat(ml_collections.ConfigDict(json.load(f)))
-    new = _flat(config)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-      shown = ', '.join(f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in diff[:4])
-      raise UserError(f'{workdir} holds a run of another config ({shown}); use a new --workdir, '
-                      'or --config.overwrite=True to start it afresh there')
+  except (ValueError, TypeError, AttributeError) as e:
+    return [f'config.json: unreadable ({type(e).__name__})']
+  new = _flat(config)
+  diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  return [f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in diff]
+
+
+def refuse_other_run(config, workdir: str) -> None:
+  """Raises a `UserError` if `workdir` holds a run of a different config and
+  `config.overwrite` is off. No side effects: main calls it for every run before any compute."""
+  diff = _config_diff(config, os.path.abspath(workdir))
+  if diff and not config.overwrite:
+    raise UserError(f'{workdir} holds a run of another config ({", ".join(diff[:4])}); use a new '
+                    '--workdir, or --config.overwrite=True to delete that run and start afresh there')
+
+
+def _clear_run(workdir: str) -> None:
+  """Deletes what a run wrote into `workdir` (`_RUN_FILES`, `_RUN_DIRS`) and nothing else."""
+  for name in _RUN_DIRS:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+  for name in _RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) or os.path.islink(path):
+      os.remove(path)
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuses a workdir holding a run of a different config (unless `config.overwrite`, which
+  deletes that run's checkpoints, metrics, samples and results so the new run starts
+  afresh); records the config otherwise. A workdir holding a run of the *same* config is
+  resumed, with or without `overwrite` (so a killed `overwrite` run resumes when rerun)."""
+  refuse_other_run(config, workdir)
   if jax.process_index() == 0:
+    if _config_diff(config, workdir):
+      _clear_run(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-      f.write(config.to_json(indent=2))
+    _write_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('ris_jax.check_workdir')
 
 
 class MetricsWriter:
@@ -74,10 +128,31 @@ class MetricsWriter:
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
 
+  def truncate(self, step: int) -> None:
+    """Keeps the rows of steps ≤ `step` (those of the checkpoint a run resumes from) and drops
+    later rows, written after that checkpoint by a run that was killed, and torn lines."""
+    if jax.process_index() != 0 or not os.path.isfile(self.path):
+      return
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(row, dict) and isinstance(row.get('step'), int) and row['step'] <= step:
+          kept.append(line if line.endswith('\n') else line + '\n')
+    _write_atomic(self.path, ''.join(kept))
 
-def checkpoint_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=False)
+
+def checkpoint_manager(workdir: str, max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """Synchronous orbax manager of `workdir/checkpoints`. A save goes to
+  `<step>.orbax-checkpoint-tmp` and is renamed to `<step>` when complete, so a killed save is
+  never listed; training (not `read_only`) also deletes such leftovers when it starts."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else max_to_keep, save_interval_steps=0 if read_only else 1,
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options)
 
@@ -88,8 +163,31 @@ def restore_latest(manager: ocp.CheckpointManager, state: train.RISState):
   if step is None:
     return state, None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  failure, stderr = None, sys.stderr
+  sys.stderr = captured = io.StringIO()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    if not isinstance(restored['meta'], dict):
+      raise ValueError('no run metadata')
+  except Exception as e:  # a damaged checkpoint raises nearly anything (ValueError, KeyError, …)
+    failure = e
+    # Reads still in flight finish into orbax's closed event loop, each printing a traceback
+    # ("Event loop is closed"): let them land in the captured stderr, then drop it.
+    time.sleep(1.0)
+  finally:
+    sys.stderr = stderr
+  if failure is None:
+    sys.stderr.write(captured.getvalue())
+  else:
+    reason = ' '.join(str(failure).split())
+    reason = re.split(r' (?:in OCDBT database|at local file|\[source locations)', reason)[0]
+    reason = f'{type(failure).__name__}: {reason[:200]}'
+    older = [s for s in manager.all_steps() if s < step]
+    fix = (f'delete that directory to fall back to step {max(older)}' if older else
+           f'delete {manager.directory} (or use a new --workdir) to start afresh')
+    raise UserError(f'checkpoint {manager.directory / str(step)} is damaged or incompatible '
+                    f'({reason}); {fix}')
   return restored['state'], restored['meta']
 
 
@@ -97,17 +195,39 @@ def _sample_png(models, state, workdir, dataset, step, seed):
   labels = jnp.repeat(jnp.arange(models.num_classes)[:min(models.num_classes, 10)], 8)
   images = np.asarray(jax.jit(train.generate, static_argnums=0)(
       models, state, labels, jax.random.PRNGKey(seed)))
-  evaluation.save_sample_grid(os.path.join(workdir, 'samples.png'), images, np.asarray(labels),
-                              dataset, title=f'synthetic images, step {step}')
+  tmp = os.path.join(workdir, f'.samples.tmp{os.getpid()}.png')  # written whole, then renamed
+  evaluation.save_sample_grid(tmp, images, np.asarray(labels), dataset,
+                              title=f'synthetic images, step {step}')
+  os.replace(tmp, os.path.join(workdir, 'samples.png'))
+
+
+@jax.jit
+def _finite_fields(state: train.RISState) -> Dict[str, jax.Array]:
+  """{field of the state: whether all its floating-point leaves are finite}."""
+  out = {}
+  for name in ('generator', 'generator_opt', 'student', 'student_opt', 'quant_ranges'):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(getattr(state, name))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    out[name] = jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  return out
+
+
+def _first_non_finite(pending):
+  """(step, metrics) of the first of `pending` [(step, metrics)] with a non-finite loss."""
+  for step, metrics in jax.device_get(pending):
+    if not all(np.isfinite(v) for v in metrics.values()):
+      return step, metrics
+  return None, None
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) one RIS/GDFQ quantization run; returns the results dict."""
   workdir = os.path.abspath(workdir)
-  check_workdir(config, workdir)
+  refuse_other_run(config, workdir)
   start_time = time.time()
   tc = config.train
-  spec, t_module, t_vars = teacher.get_teacher(config)
+  spec, t_module, t_vars = teacher.get_teacher(config)  # a bad teacher fails before overwrite
+  check_workdir(config, workdir)
   mesh = train.make_mesh()
   models, state = train.build(config, spec, t_module, t_vars)
   step_fn = train.jit_ris_step(models, tc.batch_size, mesh)
@@ -116,6 +236,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   state, meta = restore_latest(manager, state)
   state = train.replicate(state, mesh)
   writer = MetricsWriter(workdir)
+  # Rows a killed run wrote after its last checkpoint are written again by this run.
+  writer.truncate(-1 if meta is None else int(state.step))
+  if meta is not None and jax.process_index() == 0:
+    print(f'{workdir}: resuming from the checkpoint of step {int(state.step)}', flush=True)
   acc = lambda: evaluation.accuracy(models.student, train.student_variables(state, t_vars),
                                     config.data.dataset, config.data.split,
                                     config.data.eval_batch_size, config.data.data_dir)
@@ -132,24 +256,32 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   bar = tqdm(range(first, tc.steps), initial=first, total=tc.steps, dynamic_ncols=True,
              desc=os.path.basename(workdir), disable=not tc.progress or jax.process_index() != 0)
   tick, tick_step = time.time(), first
+  pending = []  # (step, metrics on device) since the last finiteness check
   for step in bar:
     state, metrics = step_fn(state, t_vars, margins, update_student=step >= tc.warmup_steps,
                              calibrate=step < tc.calibration_steps)
     done = step + 1
+    pending.append((done, metrics))
     if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
       meta['student_top1_initial'] = acc()
       writer.write(done, student_top1_initial=meta['student_top1_initial'])
     log_now = done % tc.log_every == 0 or done == tc.steps
     save_now = done % tc.checkpoint_every == 0 or done == tc.steps
     if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
+      bad_step, bad_metrics = _first_non_finite(pending)
+      pending = []
       metrics = jax.device_get(metrics)
-      bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
-      if bad:
-        writer.write(done, event='non_finite', **{k: str(metrics[k]) for k in bad})
-        raise TrainingDiverged(
-            f'{", ".join(bad)} became non-finite by step {done}; the last good checkpoint is '
-            f'step {manager.latest_step()} in {workdir}/checkpoints (lower the learning rates, '
-            'or check the teacher weights)')
+      if bad_step is not None:
+        bad = sorted(k for k, v in bad_metrics.items() if not np.isfinite(v))
+        writer.write(bad_step, event='non_finite',
+                     **{k: (float(v) if np.isfinite(v) else str(v)) for k, v in bad_metrics.items()})
+        _diverged(f'{", ".join(bad)} became non-finite at step {bad_step}', manager, workdir)
+      if save_now:
+        bad = sorted(k for k, ok in jax.device_get(_finite_fields(state)).items() if not ok)
+        if bad:
+          writer.write(done, event='non_finite_state', fields=', '.join(bad))
+          _diverged(f'the training state ({", ".join(bad)}) became non-finite by step {done}',
+                    manager, workdir)
     if log_now:
       steps_per_s = (done - tick_step) / max(time.time() - tick, 1e-9)
       tick, tick_step = time.time(), done
@@ -179,9 +311,16 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
              'steps': tc.steps, 'batch_size': tc.batch_size, 'devices': mesh.size,
              'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    _write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
+
+
+def _diverged(what: str, manager: ocp.CheckpointManager, workdir: str):
+  last = manager.latest_step()
+  kept = (f'the last good checkpoint, step {last}, is kept in {workdir}/checkpoints' if last
+          is not None else 'no checkpoint was written')
+  raise TrainingDiverged(f'{what}; {kept} (lower the learning rates, or check the teacher '
+                         'weights)')
 
 
 def load_student(workdir: str):
@@ -191,12 +330,22 @@ def load_student(workdir: str):
   if not os.path.isfile(path):
     raise UserError(f'{workdir} holds no ris_jax run (no config.json); train one with '
                     'python -m ris_jax.main --config ... --workdir ' + workdir)
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    _ = (config.train.max_checkpoints, config.teacher.arch, config.quant.w_bits)
+  except (ValueError, TypeError, AttributeError, KeyError) as e:
+    raise UserError(f'{path} is not a ris_jax run config ({type(e).__name__}); it is damaged: '
+                    'retrain with python -m ris_jax.main ... --workdir ' + workdir) from None
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(checkpoints):
+    raise UserError(f'{checkpoints} is missing, so the run in {workdir} has no student to '
+                    'export; rerun its training (same --config and --workdir) to write one')
   spec, t_module, t_vars = teacher.get_teacher(config)
   models, state = train.build(config, spec, t_module, t_vars)
-  manager = checkpoint_manager(workdir, config.train.max_checkpoints)
+  manager = checkpoint_manager(workdir, config.train.max_checkpoints, read_only=True)
   state, meta = restore_latest(manager, state)
   if meta is None:
-    raise UserError(f'{workdir}/checkpoints holds no complete checkpoint to export')
+    raise UserError(f'{checkpoints} holds no complete checkpoint to export (training was stopped '
+                    'before its first one); rerun its training (same --config and --workdir)')
   return spec, train.quant_spec(config), train.student_variables(state, t_vars)

@@ -19,10 +19,20 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def run(config, workdir: str) -> dict:
   """Dispatches on `config.mode`; returns the results dict."""
   from ris_jax import config as config_lib, loop, teacher
-  config_lib.validate(config)
-  if config.distributed:
+  if config.distributed:  # before anything initializes a jax backend (validate counts devices)
     import jax
     jax.distributed.initialize()
+  config_lib.validate(config)
+  if config.mode == 'train':
+    if config.method == 'gdfq':
+      config = config_lib.gdfq_baseline(config)
+    if not config.run_baseline:
+      runs = {None: (config, workdir)}
+    else:
+      runs = {'ris': (config, os.path.join(workdir, 'ris')),
+              'gdfq': (config_lib.gdfq_baseline(config), os.path.join(workdir, 'gdfq'))}
+    for run_config, run_workdir in runs.values():
+      loop.refuse_other_run(run_config, run_workdir)
   if config.mode != 'train_teacher':
     from ris_jax import data
     # Fails now, before any compute, if the evaluation data is not prepared.
@@ -35,15 +45,20 @@ def run(config, workdir: str) -> dict:
     top1 = evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
                                config.data.eval_batch_size, config.data.data_dir)
     return {'teacher_top1': top1}
-  if config.method == 'gdfq':
-    config = config_lib.gdfq_baseline(config)
   if not config.run_baseline:
     return loop.train_and_evaluate(config, workdir)
-  results = {'ris': loop.train_and_evaluate(config, os.path.join(workdir, 'ris'))}
-  results['gdfq'] = loop.train_and_evaluate(config_lib.gdfq_baseline(config),
-                                            os.path.join(workdir, 'gdfq'))
+  results = {name: loop.train_and_evaluate(*args) for name, args in runs.items()}
   config_lib.write_summary(results, workdir)
   return results
+
+
+def exit_with_error(error) -> None:
+  """`error: <message>` (one line) on stderr, exit code 2. Library threads still running (e.g.
+  orbax reads after a failed restore) may print at interpreter shutdown: stderr is closed to
+  them once the error is reported."""
+  print(f'error: {error}', file=sys.stderr, flush=True)
+  sys.stderr = open(os.devnull, 'w')
+  sys.exit(2)
 
 
 def parse_flags(argv):
@@ -73,8 +88,7 @@ def main(argv):
       raise UserError(f'cannot load the config file: {" ".join(str(e).split())[:300]}') from None
     results = run(config, _WORKDIR.value)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(e)
   print(json.dumps(results, indent=2))
 
 

@@ -90,6 +90,43 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
 TRAINABLE_OFFLINE = ('digits', 'fashion_mnist')
 
 
+def _missing_teacher_error(spec) -> UserError:
+  return UserError(f'config.teacher.checkpoint is empty: give the PyTorch state dict of the '
+                   f"pretrained '{spec.name}' (--config.teacher.checkpoint=/path/to/weights.pth) "
+                   'or a directory written by python -m ris_jax.convert')
+
+
+def check_teacher(config) -> None:
+  """Cheap checks (no weights read) that `config.teacher` names a teacher that can load:
+  a known arch, an existing checkpoint path, and a converted directory of that arch."""
+  spec = convert.spec_or_error(config.teacher.arch)
+  path = os.path.expanduser(config.teacher.checkpoint or '')
+  if not path:
+    if config.data.dataset not in TRAINABLE_OFFLINE:
+      raise _missing_teacher_error(spec)
+    return
+  if not os.path.exists(path):
+    raise UserError(f'config.teacher.checkpoint={path} does not exist; give the path of the '
+                    f"pretrained '{spec.name}' (a PyTorch state dict, or a directory written by "
+                    'python -m ris_jax.convert)')
+  if os.path.isdir(path):
+    meta = os.path.join(path, 'arch.json')
+    if not os.path.isfile(meta) or not os.path.isdir(os.path.join(path, 'variables')):
+      raise UserError(f'config.teacher.checkpoint={path} is a directory but not a converted '
+                      'ris_jax model (expected arch.json and variables/); give a PyTorch state '
+                      'dict, or convert one with python -m ris_jax.convert')
+    try:
+      with open(meta) as f:
+        saved = json.load(f)['arch']
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f'{meta} is damaged ({type(e).__name__}); convert the teacher again with '
+                      'python -m ris_jax.convert') from None
+    if saved != spec.name:
+      raise UserError(f"config.teacher.checkpoint={path} holds a '{saved}', but "
+                      f"config.teacher.arch is '{spec.name}'; set --config.teacher.arch={saved} "
+                      f"or give a '{spec.name}' checkpoint")
+
+
 def get_teacher(config):
   """(spec, module, variables) of the frozen teacher named by `config.teacher`: a PyTorch
   state dict, a converted directory, or (offline datasets, no checkpoint given) a teacher
@@ -97,10 +134,25 @@ def get_teacher(config):
   spec = convert.spec_or_error(config.teacher.arch)
   path = os.path.expanduser(config.teacher.checkpoint or '')
   if path:
+    check_teacher(config)
     if os.path.isdir(path):
-      _, variables = convert.load_variables(path, spec.name)
+      try:
+        _, variables = convert.load_variables(path, spec.name)
+      except UserError:
+        raise
+      except Exception as e:  # a damaged orbax directory raises nearly anything
+        raise UserError(f'cannot read the converted teacher in {path} ({type(e).__name__}: '
+                        f'{" ".join(str(e).split())[:160]}); convert it again with '
+                        'python -m ris_jax.convert') from None
     else:
-      variables = convert.torch_to_flax(spec, path)
+      state_dict = convert.read_torch_state_dict(path)  # unreadable: its own message
+      try:
+        variables = convert.torch_to_flax(spec, state_dict)
+      except UserError as e:  # keys or shapes of another model
+        detail = str(e).replace(' (wrong --arch, or a checkpoint of another model?)', '')
+        raise UserError(f"config.teacher.checkpoint={path} does not fit config.teacher.arch="
+                        f"'{spec.name}' ({detail}); set --config.teacher.arch to the model it "
+                        f"holds, or give a '{spec.name}' checkpoint") from None
   elif config.data.dataset in TRAINABLE_OFFLINE:
     cache = os.path.join(os.path.expanduser(config.teacher.cache_dir),
                          f'teacher_{spec.name}_{config.data.dataset}_seed{config.teacher_training.seed}')
@@ -113,7 +165,5 @@ def get_teacher(config):
       os.replace(tmp, cache)
     _, variables = convert.load_variables(cache, spec.name)
   else:
-    raise UserError(f'config.teacher.checkpoint is empty: give the PyTorch state dict of the '
-                    f"pretrained '{spec.name}' (--config.teacher.checkpoint=/path/to/weights.pth) "
-                    'or a directory written by python -m ris_jax.convert')
+    raise _missing_teacher_error(spec)
   return spec, spec.module(), variables

@@ -1,0 +1,55 @@
+"""`python -m ris_jax.main` with one injected fault, for tests/test_reliability.py:
+
+    python tests/reliability_faults.py kill_in_save STEP --config ... --workdir ...
+        SIGKILLs this process while it saves the checkpoint of STEP: every file is written
+        into orbax's `STEP.orbax-checkpoint-tmp` directory, the rename to `STEP` is not done.
+    python tests/reliability_faults.py nan_at STEP --config ... --workdir ...
+        From iteration STEP on, the generator's parameters are NaN and so is g_loss (what a
+        diverging generator produces), as if the step function had returned them.
+"""
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def kill_in_save(step: int) -> None:
+  from orbax.checkpoint._src.path import async_path
+  rename = async_path.rename
+
+  async def rename_or_die(src, dst):
+    if os.path.basename(str(dst)) == str(step):
+      sys.stdout.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+    return await rename(src, dst)
+  async_path.rename = rename_or_die
+
+
+def nan_at(step: int) -> None:
+  import jax
+  import jax.numpy as jnp
+  from ris_jax import train
+  jit_ris_step = train.jit_ris_step
+
+  def poisoned_jit_ris_step(*args, **kwargs):
+    step_fn = jit_ris_step(*args, **kwargs)
+
+    def poisoned(state, *a, **k):
+      state, metrics = step_fn(state, *a, **k)
+      if int(state.step) >= step:
+        gen = jax.tree.map(lambda x: x * jnp.nan, state.generator)
+        state = state.replace(generator=gen)
+        metrics = dict(metrics, g_loss=metrics['g_loss'] * jnp.nan)
+      return state, metrics
+    return poisoned
+  train.jit_ris_step = poisoned_jit_ris_step
+
+
+if __name__ == '__main__':
+  fault, step = sys.argv[1], int(sys.argv[2])
+  {'kill_in_save': kill_in_save, 'nan_at': nan_at}[fault](step)
+  from absl import app
+  from ris_jax import main
+  sys.argv = ['ris_jax.main'] + sys.argv[3:]
+  app.run(main.main, flags_parser=main.parse_flags)
