@@ -286,11 +286,18 @@ def label_correlation_penalty(probs):
 def soft_labels(labels, num_classes, kappa=3.0, decorrelate_steps=3, step_size=1.0):
   logits0 = kappa * F.one_hot(labels, num_classes).float()
   eta = torch.randn_like(logits0)
+  penalty = lambda e: label_correlation_penalty(F.softmax(logits0 + e, -1))
+  with torch.no_grad():
+    best, best_value = eta, penalty(eta)
   for _ in range(decorrelate_steps):
     eta.requires_grad_(True)
-    g, = torch.autograd.grad(label_correlation_penalty(F.softmax(logits0 + eta, -1)), eta)
+    g, = torch.autograd.grad(penalty(eta), eta)
     eta = (eta - step_size * g / g.square().mean().sqrt().clamp(min=1e-12)).detach()
-  return F.softmax(logits0 + eta, -1).detach()
+    with torch.no_grad():  # keep the best iterate (as ris_jax.perturb.soft_labels)
+      value = penalty(eta)
+      best = torch.where(value < best_value, eta, best)
+      best_value = torch.minimum(value, best_value)
+  return F.softmax(logits0 + best, -1).detach()
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -375,10 +382,11 @@ class TorchRIS:
     metrics['g_loss'] = total
     return total, images, logits, metrics
 
-  def student_loss(self, images, labels, teacher_logits):
+  def student_loss(self, images, targets, teacher_logits):
+    """KD + CE on the labels the images were generated for (the soft ones under RIS)."""
     logits = self.student(images)
     kd = kd_loss(logits, teacher_logits, self.kd_tau)
-    ce = F.cross_entropy(logits, labels)
+    ce = F.cross_entropy(logits, targets)
     return kd + ce, {'s_loss': kd + ce, 's_kd': kd, 's_ce': ce}
 
   def step(self, update_student: bool = True, calibrate: bool = False):
@@ -392,12 +400,12 @@ class TorchRIS:
       q.calibrating = calibrate
     if update_student:
       self.student_opt.zero_grad(set_to_none=True)
-      s_total, s_metrics = self.student_loss(images, labels, t_logits)
+      s_total, s_metrics = self.student_loss(images, targets, t_logits)
       s_total.backward()
       self.student_opt.step()
     else:
       with torch.no_grad():
-        _, s_metrics = self.student_loss(images, labels, t_logits)
+        _, s_metrics = self.student_loss(images, targets, t_logits)
     for q in self.qrelus:
       q.calibrating = False
     metrics.update(s_metrics)
