@@ -1,0 +1,103 @@
+"""Every config in configs/ loads the way `python -m ris_jax.main --config` loads it (with each
+documented argument), passes `ris_jax.config.validate`, and sets no field that the defaults
+lack (a stale or misspelt field would otherwise be added silently)."""
+import glob
+import importlib
+import inspect
+import os
+import re
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from conftest import REPO
+from configs import default
+from ris_jax import config as config_lib
+from ris_jax.errors import UserError
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+                 if not os.path.basename(p).startswith(('_', 'default')))
+OFFLINE = ('digits', 'fashion_mnist')  # teachers trained offline: no checkpoint needed
+
+
+def documented_args(name):
+  """The arguments a config's docstring documents: those of its example commands
+  (`--config configs/<name>.py:ARG`) and of its `Argument:` line (wKaK tokens, each also with
+  ',gdfq' when the line offers it); None stands for no argument (the default)."""
+  module = importlib.import_module(f'configs.{name}')
+  args = {None}
+  doc = module.__doc__ or ''
+  args |= set(re.findall(rf'configs/{name}\.py:([\w,]+)', doc))
+  for line in re.findall(r'Arguments?:([^\n]*)', doc):
+    for bits in re.findall(r'\bw\da\d\b', line):
+      args.add(bits)
+      if ',gdfq' in line:
+        args.add(bits + ',gdfq')
+  takes_arg = bool(inspect.signature(module.get_config).parameters)
+  assert takes_arg or args == {None}, f'configs/{name}.py documents arguments it does not take'
+  return sorted(args, key=str)
+
+
+CASES = [(name, arg) for name in CONFIGS for arg in documented_args(name)]
+
+
+def load(name, arg=None):
+  """As main does: config_flags.DEFINE_config_file + `--config configs/<name>.py[:arg]`."""
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True)
+  spec = os.path.join(REPO, 'configs', f'{name}.py') + (f':{arg}' if arg else '')
+  values(['test', f'--config={spec}'])
+  return values.config
+
+
+def leaf_keys(config, prefix=''):
+  out = set()
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out |= leaf_keys(v, f'{prefix}{k}.')
+    else:
+      out.add(f'{prefix}{k}')
+  return out
+
+
+def test_configs_found():
+  assert {'demo', 'teacher_digits', 'cifar10_resnet20', 'imagenet_resnet18'} <= set(CONFIGS)
+  assert ('cifar10_resnet20', 'w3a3,gdfq') in CASES and ('demo', 'w2a4') in CASES
+
+
+@pytest.mark.parametrize('name,arg', CASES)
+def test_config_loads_and_validates(name, arg, tmp_path):
+  config = load(name, arg)
+  assert isinstance(config, ml_collections.ConfigDict)
+  stale = leaf_keys(config) - leaf_keys(default.get_config())
+  assert not stale, f'configs/{name}.py sets fields the defaults lack: {sorted(stale)}'
+  if config.mode != 'train_teacher' and not config.teacher.checkpoint and config.data.dataset not in OFFLINE:
+    with config.unlocked():  # published teachers are user-supplied weights
+      config.teacher.checkpoint = str(tmp_path / 'teacher.pth')
+    (tmp_path / 'teacher.pth').write_bytes(b'')
+  config_lib.validate(config)
+  if arg and arg.split(',')[0].startswith('w'):
+    bits = arg.split(',')[0]
+    assert (config.quant.w_bits, config.quant.a_bits) == (int(bits[1]), int(bits[3]))
+    assert config.method == ('gdfq' if arg.endswith(',gdfq') else 'ris')
+  if name != 'teacher_digits':
+    assert config.mode == 'train'
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIGS if documented_args(n) != [None]])
+def test_bad_config_argument_is_refused(name):
+  with pytest.raises((ValueError, flags.Error), match='must be one of'):
+    load(name, 'w9a9')
+
+
+def test_validate_refuses_bad_values():
+  config = default.get_config()
+  config.quant.w_bits = 1
+  with pytest.raises(UserError, match='w_bits'):
+    config_lib.validate(config)
+  config = default.get_config()
+  config.loss.kd_reduction = 'sum'
+  with pytest.raises(UserError, match='kd_reduction'):
+    config_lib.validate(config)

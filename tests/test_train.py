@@ -1,0 +1,258 @@
+"""The RIS training program on the digits teacher at test size: 1 vs 8 devices, resumption
+after an interruption, one compilation per phase, and `python -m ris_jax.main` end to end.
+
+Every run uses `conftest.tiny_config` (or its command-line equivalent), so the two compiled
+step programs per device count are compiled once per session (persistent cache)."""
+import contextlib
+import json
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_python, subprocess_env, tiny_config
+from ris_jax import loop, train
+
+# ----------------------------------------------------------------------------- 1 vs 8 devices
+
+STEPS = 3
+
+
+@pytest.fixture(scope='module')
+def device_runs(digits_teacher, compile_cache, tmp_path_factory):
+  """tests/multidevice_steps.py: 3 steps on 1 device (the first a warm-up step: student
+  frozen, ranges calibrating; global batch 16), then on 8 simulated CPU devices one step from
+  each state of that trajectory."""
+  out = tmp_path_factory.mktemp('devices')
+  config = tiny_config(digits_teacher)
+  config.train.steps = STEPS
+  (out / 'config.json').write_text(config.to_json())
+  script = os.path.join(REPO, 'tests', 'multidevice_steps.py')
+  for n, ref in ((1, ''), (8, str(out / '1.npz'))):
+    run_python([script, str(out / 'config.json'), str(out / f'{n}.npz'), ref],
+               subprocess_env(compile_cache, n))
+  return {n: dict(np.load(out / f'{n}.npz')) for n in (1, 8)}
+
+
+def test_eight_devices_really_used(device_runs):
+  one, eight = device_runs[1], device_runs[8]
+  assert (int(one['devices']), int(one['mesh_size']), int(one['state_devices'])) == (1, 1, 1)
+  assert (int(eight['devices']), int(eight['mesh_size']), int(eight['state_devices'])) == (8, 8, 8)
+  # The 8-device programs are partitioned: cross-device reductions (BN statistics of the
+  # global batch, gradients); the 1-device ones have none.
+  assert int(one['all_reduces']) == 0 and int(eight['all_reduces']) > 0
+
+
+def test_teacher_never_changes(device_runs):
+  for run in device_runs.values():
+    assert float(run['teacher_max_change']) == 0.0 and not bool(run['teacher_deleted'])
+
+
+# Generator biases directly before a batch-statistics BN: their gradient is zero analytically
+# (the BN removes any per-channel shift), so it is float noise that Adam normalizes to ±lr
+# steps, different on 1 and 8 devices and without any effect on the images.
+PRE_BN_BIASES = ("['conv1']['bias']", "['conv2']['bias']")
+B1, LR = 0.5, 1e-3  # the generator's Adam β1 and learning rate (demo config)
+
+
+def _keys(run, prefix, skip=PRE_BN_BIASES):
+  return [k for k in run if k.startswith(prefix) and not k.endswith(skip)
+          and run[k].dtype.kind == 'f']
+
+
+def _norm(arrays):
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays)))
+
+
+def test_one_vs_eight_devices(device_runs):
+  """Each step on 8 devices starts from the 1-device state and must end where the 1-device
+  step ends. Whole trajectories are not compared: float32 reassociation of the all-reduced
+  sums (BN statistics, gradients) meets the kinks of ReLU/|·| and the rounding of the 3-bit
+  student, and Adam's sign-like first step, which amplify from step to step.
+
+  Seen (two teachers, 2 CPU cores): generator losses ≤ 1.5e-6 relative; student losses
+  ≤ 1.4e-5, once 4e-3 (an activation rounded to the other 3-bit level, which also moved that
+  student update by 10%); generator gradient 1e-6..7e-3 relative (the 7e-3 batch shows the
+  same change on 1 device when its parameters are scaled by 1 + 1e-7); generator parameters
+  after Adam: ≤ 0.2% of the elements differ by more than 1e-5. A data-parallel bug is far
+  outside these bounds: gradients summed instead of averaged (×8), per-shard BN statistics
+  (the generator losses differ), or a shard's gradient alone (differences of order 1)."""
+  one, eight = device_runs[1], device_runs[8]
+  for k in [k for k in one if k.startswith('state0')]:
+    np.testing.assert_array_equal(eight[k], one[k], err_msg=k)
+  metrics = [k for k in one if k.startswith('metric/')]
+  assert {'metric/g_rob', 'metric/g_bns', 'metric/s_kd', 'metric/s_ce'} <= set(metrics)
+  seen = {}
+
+  def track(name, value):
+    seen[name] = max(seen.get(name, 0.0), float(value))
+
+  for k in metrics:
+    assert one[k].shape == (STEPS,)
+    if k.endswith('acc_on_synthetic'):  # argmax: a near-tie may flip one of 16 images
+      assert np.abs(eight[k] - one[k]).max() <= 1 / 16 + 1e-6, k
+      continue
+    student = k.startswith('metric/s_')
+    np.testing.assert_allclose(eight[k], one[k], rtol=2e-2 if student else 1e-4, atol=1e-6,
+                               err_msg=k)
+    track('student losses' if student else 'generator losses',
+          np.max(np.abs(eight[k] - one[k]) / np.abs(one[k])))
+
+  for i in range(1, STEPS + 1):
+    cur, prev = f'state{i}', f'state{i - 1}'
+    before = lambda k: one[prev + k[len(cur):]]
+    for k in _keys(one, (f'{cur}.quant_ranges', f'{cur}.step', f'{cur}.rng'), skip=()):
+      np.testing.assert_allclose(eight[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    student = _keys(one, f'{cur}.student', skip=())
+    update = _norm(one[k] - before(k) for k in student)
+    diff = _norm(eight[k] - one[k] for k in student)
+    if i == 1:  # warm-up: the student does not move
+      assert update == 0.0 and diff == 0.0
+    else:
+      assert update > 0 and diff < 0.3 * update, (i, diff / update)
+      track('student update', diff / update)
+    # Adam's first moment: μ_i − β1·μ_{i−1} = (1 − β1)·g_i, the generator gradient.
+    mu = _keys(one, f'{cur}.generator_opt[0].mu')
+    grad = _norm(one[k] - B1 * before(k) for k in mu)
+    diff = _norm(eight[k] - one[k] for k in mu)
+    assert diff < 3e-2 * grad, (i, diff / grad)
+    track('generator gradient', diff / grad)
+    for k in _keys(one, f'{cur}.generator_opt[0].mu', skip=()):
+      if k.endswith(PRE_BN_BIASES):  # a gradient of float noise only
+        assert np.abs(one[k]).max() < 1e-5 and np.abs(eight[k]).max() < 1e-5, k
+    params = _keys(one, f"{cur}.generator['params']")
+    assert _norm(one[k] - before(k) for k in params) > 0
+    diff = np.concatenate([np.abs(eight[k] - one[k]).ravel() for k in params])
+    assert diff.max() <= 2.01 * LR and np.mean(diff > 1e-5) < 1e-2, (i, np.mean(diff > 1e-5))
+    track('generator parameters differing by > 1e-5', np.mean(diff > 1e-5))
+  print('\n1 vs 8 devices, max relative difference per step:',
+        ', '.join(f'{k} {v:.1e}' for k, v in seen.items()))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class Interrupted(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def watched_steps(calls, stop_after=None):
+  """Patches `train.jit_ris_step` for `loop.train_and_evaluate`: records, per call of the
+  jitted step, its phase and the number of programs its jit cache holds afterwards; raises
+  `Interrupted` instead of making call number `stop_after + 1` (a run killed there)."""
+  real = train.jit_ris_step
+
+  def jit_ris_step(*args, **kwargs):
+    jitted = real(*args, **kwargs)
+
+    def step(*a, **kw):
+      if stop_after is not None and len(calls) == stop_after:
+        raise Interrupted
+      out = jitted(*a, **kw)
+      calls.append((kw['update_student'], kw['calibrate'], jitted._cache_size()))
+      return out
+    return step
+
+  with mock.patch.object(train, 'jit_ris_step', jit_ris_step):
+    yield
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  for row in rows:
+    row.pop('steps_per_s', None)  # wall-clock
+  return rows
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  results.pop('wall_s')
+  return results
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(digits_teacher, compile_cache, tmp_path):
+  """Run A: 4 steps uninterrupted. Run B: the same config, killed (an exception from the step
+  function) right after the checkpoint of step 2, then rerun unchanged: it must resume from
+  step 2 and end exactly where A ends."""
+  config = tiny_config(digits_teacher)
+  config.train.steps = 4
+  config.train.checkpoint_every = config.train.eval_every = config.train.log_every = 2
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  loop.train_and_evaluate(config, a)
+
+  calls = []
+  with watched_steps(calls, stop_after=2), pytest.raises(Interrupted):
+    loop.train_and_evaluate(config, b)
+  assert len(calls) == 2
+  assert sorted(os.listdir(os.path.join(b, 'checkpoints'))) == ['2']
+  assert not os.path.exists(os.path.join(b, 'results.json'))
+
+  calls = []
+  with watched_steps(calls):
+    loop.train_and_evaluate(config, b)
+  assert [c[:2] for c in calls] == [(True, False)] * 2  # steps 3 and 4 only
+
+  rows_a, rows_b = _rows(a), _rows(b)
+  assert [r['step'] for r in rows_a] == [r['step'] for r in rows_b]
+  final = [r for r in rows_a if r['step'] == 4]
+  assert any('g_loss' in r for r in final) and any('student_top1' in r for r in final)
+  for ra, rb in zip(rows_a, rows_b):
+    assert ra.keys() == rb.keys(), (ra, rb)
+    for k in ra:
+      np.testing.assert_allclose(rb[k], ra[k], rtol=1e-6, err_msg=f'step {ra["step"]} {k}')
+  assert _results(b) == _results(a)
+
+
+def test_step_compiles_once_per_phase(digits_teacher, compile_cache, tmp_path):
+  config = tiny_config(digits_teacher)
+  config.train.steps = 40
+  config.train.warmup_steps = config.train.calibration_steps = 20
+  config.train.log_every = 20
+  config.train.eval_every = config.train.checkpoint_every = 40
+  calls = []
+  with watched_steps(calls):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert calls == [(False, True, 1)] * 20 + [(True, False, 2)] * 20
+
+
+# ----------------------------------------------------------------------------- main
+
+
+REQUIRED = {'teacher_top1', 'student_top1_initial', 'student_top1_final', 'student_top1_best',
+            'w_bits', 'a_bits', 'steps', 'wall_s'}
+
+
+def test_main_end_to_end(digits_teacher, compile_cache, tmp_path):
+  workdir = tmp_path / 'demo'
+  overrides = {'train.steps': 6, 'train.batch_size': 16, 'generator.width': 16,
+               'generator.latent_dim': 16, 'train.warmup_steps': 1, 'train.calibration_steps': 1,
+               'train.log_every': 3, 'train.eval_every': 3, 'train.checkpoint_every': 3,
+               'train.progress': False, 'teacher.checkpoint': digits_teacher}
+  proc = run_python(['-m', 'ris_jax.main', '--config', 'configs/demo.py', '--workdir', str(workdir)]
+                    + [f'--config.{k}={v}' for k, v in overrides.items()],
+                    subprocess_env(compile_cache))
+  printed = json.loads(proc.stdout[proc.stdout.index('{'):])
+  assert set(printed) == {'ris', 'gdfq'}
+  for name in ('ris', 'gdfq'):
+    run = workdir / name
+    results = json.loads((run / 'results.json').read_text())
+    assert REQUIRED <= set(results), REQUIRED - set(results)
+    assert (results['steps'], results['w_bits'], results['a_bits']) == (6, 3, 3)
+    for k in ('teacher_top1', 'student_top1_initial', 'student_top1_final', 'student_top1_best'):
+      assert 0.0 <= results[k] <= 100.0, (k, results[k])
+    assert results['student_top1_best'] >= results['student_top1_final']
+    assert results['teacher_top1'] > 30.0  # the trained teacher, read from teacher.checkpoint
+    assert printed[name] == results
+    rows = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    logged = [r for r in rows if 'g_loss' in r]
+    assert [r['step'] for r in logged] == [3, 6]
+    assert ('g_rob' in logged[-1]) == (name == 'ris')  # the baseline has no robustness term
+    assert all(np.isfinite(v) for r in logged for v in r.values())
+    assert (run / 'samples.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert {'3', '6'} <= set(os.listdir(run / 'checkpoints'))
+  summary = (workdir / 'summary.md').read_text()
+  assert 'GDFQ' in summary and 'RIS' in summary and 'teacher' in summary
