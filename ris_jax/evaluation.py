@@ -1,6 +1,8 @@
 """Top-1 accuracy over a whole real split, and the labelled grid of synthetic images."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,17 @@ import numpy as np
 from ris_jax import data
 
 
+@functools.lru_cache(maxsize=32)
+def _predictor(module):
+  """Jitted argmax of `module.apply`, one per module, so evaluations do not recompile."""
+  return jax.jit(lambda v, x: jnp.argmax(module.apply(v, x), -1))
+
+
 def accuracy(module, variables, dataset: str, split: str = 'test', batch_size: int = 500,
              data_dir=None) -> float:
   """Top-1 (%) of `module.apply(variables, x)` on every example of the split; each host
   evaluates its shard and the counts are summed over hosts."""
-  predict = jax.jit(lambda v, x: jnp.argmax(module.apply(v, x), -1))
+  predict = _predictor(module)
   counts = np.zeros(2, np.int64)
   for batch in data.eval_batches(dataset, split, batch_size, data_dir):
     counts += (int(np.sum(np.asarray(predict(variables, batch['image'])) == batch['label'])),

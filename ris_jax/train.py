@@ -139,7 +139,11 @@ def _adversarial_direction(models, teacher_vars, images, logits, features, rng):
   """sign(∂ L_rob / ∂ξ) at a random ξ: the one-step ascent direction of the weight noise."""
   cfg = models.loss
   params = teacher_vars['params']
-  xi = jax.tree.map(lambda p: jax.random.normal(rng, p.shape, p.dtype), params)
+  leaves, treedef = jax.tree.flatten(params)
+  flat = jax.random.normal(rng, (sum(l.size for l in leaves),))
+  splits = np.cumsum([l.size for l in leaves])[:-1]
+  xi = jax.tree.unflatten(treedef, [part.reshape(l.shape).astype(l.dtype) for part, l in
+                                    zip(jnp.split(flat, splits), leaves)])
 
   def incons(xi):
     pert = perturb.perturb_weights(rng, params, cfg.weight_eps, xi)
@@ -271,8 +275,9 @@ def student_variables(state: RISState, teacher_vars) -> Dict[str, Any]:
 
 def generate(models: Models, state: RISState, labels: jax.Array, rng) -> jax.Array:
   """Synthetic images (B, H, W, C) for `labels` (B,), as the generator trains on them."""
-  z = jax.random.normal(rng, (labels.shape[0], models.generator.latent_dim))
-  targets = (perturb.soft_labels(rng, labels, models.num_classes, models.loss.kappa,
+  k_z, k_soft = jax.random.split(rng)
+  z = jax.random.normal(k_z, (labels.shape[0], models.generator.latent_dim))
+  targets = (perturb.soft_labels(k_soft, labels, models.num_classes, models.loss.kappa,
                                  models.loss.decorrelate_steps)
              if models.loss.soft_labels else jax.nn.one_hot(labels, models.num_classes))
   return models.generator.apply(state.generator, z, targets)
