@@ -66,10 +66,11 @@ def noise_ptq(bits: str, seed: int) -> float:
   return evaluation.accuracy(module, variables, c.data.dataset, c.data.split, c.data.eval_batch_size)
 
 
-def run_all(bits_list, seeds, out, steps):
+def run_all(plan, out, steps):
+  """plan: {bits: [seeds]}."""
   from ris_jax import loop
   rows = {}
-  for bits in bits_list:
+  for bits, seeds in plan.items():
     for seed in seeds:
       for name, overrides in VARIANTS.items():
         workdir = os.path.join(out, bits, name.split(' ')[0].strip('+').lower(), f'seed{seed}')
@@ -88,16 +89,16 @@ def run_all(bits_list, seeds, out, steps):
   return rows
 
 
-def write_table(rows, bits_list, seeds, out):
+def write_table(rows, plan, out, command):
   order = ['FP teacher', 'PTQ on Gaussian noise'] + list(VARIANTS)
   lines = ['# Ablation on the offline digits teacher', '',
-           f'ResNet-20 layout, 16×16 digits, 360 test images; mean ± std over seeds {seeds}; '
-           'best = best evaluation during fine-tuning (every 1/5 of the run), final = last step. '
-           f'Run directories: `{out}`. Command: `python experiments/ablation.py '
-           f'--bits {",".join(bits_list)} --seeds {",".join(map(str, seeds))}`.', '']
-  for bits in bits_list:
+           'ResNet-20 layout, 16×16 digits, 360 test images (one image = 0.28 points); mean ± std '
+           'over seeds; best = best evaluation during fine-tuning (every 1/5 of the run), final = '
+           f'last step. Command: `{command}`.', '']
+  for bits, seeds in plan.items():
     wall = [r.get('wall_s', 0) for n in VARIANTS for r in rows[(bits, n)]]
-    lines += [f'## {bits.upper()}', '', '| method | top-1 final | top-1 best | runs |',
+    lines += [f'## {bits.upper()} (seeds {", ".join(map(str, seeds))})', '',
+              '| method | top-1 final | top-1 best | runs |',
               '|---|---|---|---|']
     for name in order:
       rs = rows[(bits, name)]
@@ -150,15 +151,21 @@ def main():
   parser.add_argument('--bits', default='w3a3,w2a4')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=None, help='override the demo length')
+  parser.add_argument('--plan', default=None,
+                      help="per-bit-width seeds, e.g. 'w2a4=0,1,2;w3a3=0' (overrides --bits/--seeds)")
   parser.add_argument('--out', default='/tmp/ris_ablation')
   args = parser.parse_args()
-  bits_list = args.bits.split(',')
-  seeds = [int(s) for s in args.seeds.split(',')]
+  if args.plan:
+    plan = {b: [int(x) for x in s.split(',')]
+            for b, s in (item.split('=') for item in args.plan.split(';'))}
+  else:
+    plan = {b: [int(x) for x in args.seeds.split(',')] for b in args.bits.split(',')}
   os.makedirs(RESULTS, exist_ok=True)
-  rows = run_all(bits_list, seeds, args.out, args.steps)
-  order = write_table(rows, bits_list, seeds, args.out)
-  plot(rows, bits_list, order)
-  samples_side_by_side(args.out, bits_list[-1], seeds[0])
+  rows = run_all(plan, args.out, args.steps)
+  order = write_table(rows, plan, args.out, 'python experiments/ablation.py ' + ' '.join(sys.argv[1:]))
+  plot(rows, list(plan), order)
+  first = next(iter(plan))
+  samples_side_by_side(args.out, first, plan[first][0])
 
 
 if __name__ == '__main__':
