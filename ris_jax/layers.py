@@ -112,12 +112,17 @@ class BatchNorm(nn.Module):
         unbiased = batch_var * (n / max(n - 1, 1))
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * batch_mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
-    y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
+    # (x − mean)·rsqrt(var + eps)·scale + bias, folded into one per-channel multiply-add
+    # x·a + b (a = scale·rsqrt(var + eps), b = bias − mean·a): the same function up to float
+    # rounding, two ops per element instead of four, also in every fusion that recomputes it
+    # (RIS step on CPU: −4 %, experiments/results/bench.md).
+    a = jax.lax.rsqrt(var + self.epsilon)
     if self.use_scale:
-      y = y * self.param('scale', nn.initializers.ones, (c,))
+      a = a * self.param('scale', nn.initializers.ones, (c,))
+    b = -mean * a
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (c,))
-    return y
+      b = b + self.param('bias', nn.initializers.zeros, (c,))
+    return x * a.astype(x.dtype) + b.astype(x.dtype)
 
 
 ACTIVATIONS = {'relu': jax.nn.relu, 'relu6': jax.nn.relu6}
