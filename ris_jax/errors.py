@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 
@@ -15,6 +16,15 @@ def short_list(items, limit: int = 8) -> str:
   return shown + (f' … (+{len(items) - limit} more)' if len(items) > limit else '')
 
 
+def exit_with_error(error) -> None:
+  """`error: <message>` (one line) on stderr, then exit code 2 at once: `os._exit` skips the
+  interpreter's shutdown, where library threads still running (orbax/tensorstore reads after a
+  failed restore) would print their own tracebacks."""
+  sys.stdout.flush()
+  print(f'error: {error}', file=sys.stderr, flush=True)
+  os._exit(2)
+
+
 def cli_entry(fn):
   """Wraps a CLI `main`: a `UserError` becomes `error: <message>` on stderr and exit code 2."""
   @functools.wraps(fn)
@@ -22,6 +32,5 @@ def cli_entry(fn):
     try:
       return fn(*args, **kwargs)
     except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      exit_with_error(e)
   return wrapper

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ris_jax import convert, layers, quant
-from ris_jax.errors import UserError, cli_entry
+from ris_jax.errors import UserError, cli_entry, exit_with_error
 from ris_jax.models import ArchSpec
 
 STATE_DICT_FILE = 'student_state_dict.pth'
@@ -247,10 +247,8 @@ def main(argv=None) -> None:
   from ris_jax.train import load_student
   try:
     spec, qspec, variables = load_student(args.workdir)
-  except UserError as e:  # as `cli_entry`, and stderr closed to orbax threads still reading
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.stderr = open(os.devnull, 'w')
-    sys.exit(2)
+  except UserError as e:
+    exit_with_error(e)
   paths = export_student(spec, qspec, variables, args.out)
   print(f'exported {spec.name} W{qspec.w_bits}A{qspec.a_bits} student → '
         f"{paths['state_dict']}, {paths['program']}")

@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ris_jax.errors import UserError
+from ris_jax.errors import UserError, exit_with_error
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -50,15 +50,6 @@ def run(config, workdir: str) -> dict:
   results = {name: loop.train_and_evaluate(*args) for name, args in runs.items()}
   config_lib.write_summary(results, workdir)
   return results
-
-
-def exit_with_error(error) -> None:
-  """`error: <message>` (one line) on stderr, exit code 2. Library threads still running (e.g.
-  orbax reads after a failed restore) may print at interpreter shutdown: stderr is closed to
-  them once the error is reported."""
-  print(f'error: {error}', file=sys.stderr, flush=True)
-  sys.stderr = open(os.devnull, 'w')
-  sys.exit(2)
 
 
 def parse_flags(argv):
