@@ -8,7 +8,7 @@ def get_config():
   c.mode = 'train'  # train | train_teacher | eval_teacher
   c.method = 'ris'  # ris | gdfq (the baseline: CE + BNS, one-hot labels, no RIS terms)
   c.seed = 0
-  c.overwrite = False  # allow a workdir that holds a run of another config
+  c.overwrite = False  # True: a workdir holding a run of another config is cleared and started afresh
   c.run_baseline = False  # also run the GDFQ baseline (RIS terms off) in workdir/gdfq
   c.distributed = False  # multi-host (TPU pod, SLURM): call jax.distributed.initialize()
 
