@@ -43,6 +43,8 @@ def parse_args(argv=None):
                  help="'both' times both layouts and reports the faster as torch_ms")
   p.add_argument('--pin-core', type=int, default=None,
                  help='run both frameworks on this one CPU core (torch 1 thread)')
+  p.add_argument('--omp-wait-policy', default='PASSIVE', choices=('PASSIVE', 'ACTIVE', 'unset'),
+                 help="torch's OpenMP wait policy unless OMP_WAIT_POLICY is set (see main)")
   p.add_argument('--seed', type=int, default=0)
   return p.parse_args(argv)
 
@@ -62,11 +64,13 @@ def main(argv=None):
   args = parse_args(argv)
   if args.pin_core is not None:  # before jax and torch size their thread pools
     os.sched_setaffinity(0, {args.pin_core})
-  # PyTorch's OpenMP threads spin-wait at every barrier by default. On a CPU shared with other
-  # work, each of its ~1000 ops per iteration then waits for a descheduled thread: measured 4×
-  # slower iterations at load ~8 on 2 cores. Passive waiting is the fair baseline on a shared
-  # machine (set OMP_WAIT_POLICY yourself to override; it must be set before torch loads).
-  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+  # PyTorch's OpenMP threads (libgomp) spin-wait after every parallel region. On a CPU shared
+  # with other work each of its ~1000 ops per iteration then waits for descheduled threads
+  # (unset policy: 4× slower torch iterations at load ~8 on 2 cores), and with ACTIVE they keep
+  # spinning while the JAX step runs in the same process (JAX 960 → 1290 ms at load 1.5).
+  # PASSIVE is the fair default here; it must be set before torch loads.
+  if args.omp_wait_policy != 'unset':
+    os.environ.setdefault('OMP_WAIT_POLICY', args.omp_wait_policy)
   sys.path.insert(0, ROOT)
   import jax
   import jax.numpy as jnp
@@ -161,7 +165,7 @@ def main(argv=None):
       **({f'{k}_ms': round(v, 1) for k, v in ms.items() if k.startswith('torch_')}
          if len(formats) > 1 else {}),
       'load_avg_1m': [round(load_start, 2), round(os.getloadavg()[0], 2)],  # start, end
-      'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
+      'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
       'versions': f'jax {jax.__version__}, torch {torch.__version__}',
   }
   print(json.dumps(result))
