@@ -61,7 +61,8 @@ def resnet20(tmp_path_factory):
   return model, module, variables, random_batch(arch)
 
 
-@pytest.mark.parametrize('arch', CIFAR_ARCHS + IMAGENET_ARCHS + ['resnet20_digits'])
+@pytest.mark.parametrize('arch', CIFAR_ARCHS + IMAGENET_ARCHS + ['resnet20_digits', 'resnet8_digits',
+                                                                 'resnet8_fashion', 'resnet20_fashion'])
 def test_logits_match_pytorchcv(arch, tmp_path):
   model = random_torch_model(arch)
   module, variables = convert(model, arch, tmp_path)

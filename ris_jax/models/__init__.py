@@ -83,6 +83,14 @@ for _depth in (20, 56):
 # The offline teacher: ResNet-20 layout on 16×16 grayscale digits.
 register(ArchSpec('resnet20_digits', _cifar(20, 10), 'pytorchcv.models.resnet_cifar:resnet20_cifar10',
                   (('in_channels', 1), ('in_size', (16, 16))), image_size=16, in_channels=1))
+# Small offline models: ResNet-8 (one unit per stage; the data-free distillation student
+# and the Fashion-MNIST teacher) and ResNet-20 on 28×28 grayscale Fashion-MNIST.
+for _name, _depth, _size in (('resnet8_digits', 8, 16), ('resnet8_fashion', 8, 28),
+                             ('resnet20_fashion', 20, 28)):
+  register(ArchSpec(_name, _cifar(_depth, 10), 'pytorchcv.models.resnet_cifar:get_resnet_cifar',
+                    (('num_classes', 10), ('blocks', _depth), ('bottleneck', False),
+                     ('in_channels', 1), ('in_size', (_size, _size))),
+                    image_size=_size, in_channels=1))
 register(ArchSpec('resnet18', lambda ops: ResNet(depth=18, ops=ops),
                   'pytorchcv.models.resnet:resnet18', image_size=224, num_classes=1000))
 register(ArchSpec('resnet50', lambda ops: ResNet(depth=50, ops=ops),
