@@ -154,7 +154,13 @@ def main():
   parser.add_argument('--plan', default=None,
                       help="per-bit-width seeds, e.g. 'w2a4=0,1,2;w3a3=0' (overrides --bits/--seeds)")
   parser.add_argument('--out', default='/tmp/ris_ablation')
+  parser.add_argument('--compile-cache', default='~/.cache/ris_jax/xla',
+                      help="persistent XLA compilation cache ('' = off): seeds share programs")
   args = parser.parse_args()
+  if args.compile_cache:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   if args.plan:
     plan = {b: [int(x) for x in s.split(',')]
             for b, s in (item.split('=') for item in args.plan.split(';'))}
