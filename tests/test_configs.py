@@ -63,8 +63,17 @@ def leaf_keys(config, prefix=''):
 
 
 def test_configs_found():
-  assert {'demo', 'teacher_digits', 'cifar10_resnet20', 'imagenet_resnet18'} <= set(CONFIGS)
+  assert {'demo', 'teacher_digits', 'teacher_fashion', 'fashion_resnet', 'cifar10_resnet20',
+          'imagenet_resnet18'} <= set(CONFIGS)
   assert ('cifar10_resnet20', 'w3a3,gdfq') in CASES and ('demo', 'w2a4') in CASES
+  assert {('fashion_resnet', a) for a in ('w4a4', 'w3a3', 'w4a4,gdfq', 'w3a3,gdfq')} <= set(CASES)
+
+
+def test_fashion_configs_share_the_cached_teacher():
+  """The teacher cache key holds arch, dataset and seed only: the quantization config must
+  train the very teacher that teacher_fashion.py describes."""
+  teacher, run = load('teacher_fashion'), load('fashion_resnet', 'w4a4')
+  assert run.teacher == teacher.teacher and run.teacher_training == teacher.teacher_training
 
 
 @pytest.mark.parametrize('name,arg', CASES)
@@ -82,8 +91,8 @@ def test_config_loads_and_validates(name, arg, tmp_path):
     bits = arg.split(',')[0]
     assert (config.quant.w_bits, config.quant.a_bits) == (int(bits[1]), int(bits[3]))
     assert config.method == ('gdfq' if arg.endswith(',gdfq') else 'ris')
-  if name != 'teacher_digits':
-    assert config.mode == 'train'
+  modes = {'teacher': 'train_teacher', 'ptq': 'ptq', 'dfkd': 'dfkd'}  # by the name's prefix
+  assert config.mode == modes.get(name.split('_')[0], 'train')
 
 
 @pytest.mark.parametrize('name', [n for n in CONFIGS if documented_args(n) != [None]])
