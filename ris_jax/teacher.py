@@ -79,7 +79,8 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
       bar.set_postfix(loss=f'{float(loss):.3f}')
   variables = {'params': params, 'batch_stats': batch_stats}
   result = {'arch': spec.name, 'dataset': config.data.dataset,
-            'test_top1': evaluation.accuracy(module, variables, config.data.dataset, 'test'),
+            'test_top1': evaluation.accuracy(module, variables, config.data.dataset, 'test',
+                                             data_dir=config.data.get('data_dir')),
             'steps': total_steps, 'wall_s': round(time.time() - start, 1)}
   convert.save_variables(out_dir, spec.name, variables)
   with open(os.path.join(out_dir, 'teacher_results.json'), 'w') as f:
