@@ -1,0 +1,32 @@
+"""The real-data upper bound (`ris_jax.real_finetune`) on tiny shapes: the digits test teacher,
+batch 16, a few iterations."""
+import numpy as np
+
+from conftest import tiny_config
+from ris_jax import data, real_finetune
+
+
+def test_finetune_on_real_images(digits_teacher, compile_cache):
+  config = tiny_config(digits_teacher)
+  config.quant.w_bits = config.quant.a_bits = 4
+  config.train.steps, config.train.warmup_steps, config.train.calibration_steps = 2, 2, 2
+  config.train.eval_every = 1
+  frozen = real_finetune.finetune_on_real(config)
+  assert frozen['images'] == 'real digits train' and frozen['steps'] == 2
+  assert 0 <= frozen['student_top1_initial'] <= 100 and frozen['teacher_top1'] > 30
+  # warm-up only: the student never moves, so final = calibrated.
+  assert frozen['student_top1_final'] == frozen['student_top1_initial']
+  config.train.steps, config.train.eval_every = 6, 3
+  config.student.learning_rate = 0.05
+  tuned = real_finetune.finetune_on_real(config)
+  assert tuned['student_top1_initial'] == frozen['student_top1_initial']  # same seed, same batches
+  assert tuned['student_top1_final'] != tuned['student_top1_initial']
+  assert tuned['student_top1_best'] >= tuned['student_top1_final']
+  # `arrays` replaces the split: two images only → refused, fewer than a batch.
+  tiny = data.load_arrays('digits', 'val')
+  try:
+    real_finetune.finetune_on_real(config, arrays={k: v[:2] for k, v in tiny.items()})
+  except ValueError as e:
+    assert 'fewer than the batch size' in str(e)
+  else:
+    raise AssertionError('expected a ValueError')
