@@ -5,7 +5,7 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.mode = 'train'  # train | train_teacher | eval_teacher
+  c.mode = 'train'  # train | train_teacher | eval_teacher | ptq | dfkd
   c.method = 'ris'  # ris | gdfq (the baseline: CE + BNS, one-hot labels, no RIS terms)
   c.seed = 0
   c.overwrite = False  # True: a workdir holding a run of another config is cleared and started afresh
@@ -88,4 +88,17 @@ def get_config():
   c.train.checkpoint_every = 2_000
   c.train.max_checkpoints = 2
   c.train.progress = True
+
+  # mode='ptq': post-training quantization of the teacher, no fine-tuning (ris_jax/ptq.py).
+  c.ptq = ml_collections.ConfigDict()
+  c.ptq.source = 'noise'  # calibration images: noise | real | generator:<workdir of a train/dfkd run>
+  c.ptq.batch_size = 64
+  c.ptq.calibration_batches = 50  # EMA activation-range calibration batches
+  c.ptq.clip_weights = True  # greedy per-layer weight clipping (α from clip_grid) by output MSE
+  c.ptq.clip_grid = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+  c.ptq.clip_batches = 4  # calibration batches on which the output MSE is measured
+
+  # mode='dfkd': data-free distillation into a smaller full-precision student (train.build).
+  c.dfkd = ml_collections.ConfigDict()
+  c.dfkd.student_arch = 'resnet8_digits'  # random init, BN in training mode
   return c

@@ -6,7 +6,8 @@ import os
 
 from ris_jax.errors import UserError
 
-MODES = ('train', 'train_teacher', 'eval_teacher')
+MODES = ('train', 'train_teacher', 'eval_teacher', 'ptq', 'dfkd')
+TRAINING_MODES = ('train', 'dfkd')  # modes that run the RIS iteration
 METHODS = ('ris', 'gdfq')
 
 
@@ -22,11 +23,11 @@ def validate(config) -> None:
       raise UserError(f'config.quant.{name}={bits} is outside 2..8; use a bit-width from 2 to 8')
   import jax
   devices = jax.device_count()
-  if config.mode == 'train' and config.train.batch_size % devices:
+  if config.mode in TRAINING_MODES and config.train.batch_size % devices:
     raise UserError(f'config.train.batch_size={config.train.batch_size} is not divisible by the '
                     f'{devices} devices; use a multiple of {devices}')
   for name in ('steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'max_checkpoints'):
-    if config.mode == 'train' and config.train[name] < 1:
+    if config.mode in TRAINING_MODES and config.train[name] < 1:
       raise UserError(f'config.train.{name}={config.train[name]} must be at least 1')
   if config.train.calibration_steps > config.train.steps or config.train.warmup_steps > config.train.steps:
     raise UserError('config.train.warmup_steps and calibration_steps must not exceed train.steps')
@@ -37,6 +38,22 @@ def validate(config) -> None:
   if config.mode != 'train_teacher':
     from ris_jax import teacher
     teacher.check_teacher(config)  # the path and arch, without reading the weights
+  if config.mode == 'dfkd':
+    if config.run_baseline:
+      raise UserError("config.run_baseline is for mode 'train'; run the GDFQ distillation as its "
+                      "own run (--config.method=gdfq, e.g. configs/dfkd_digits.py:gdfq)")
+    from ris_jax.models import ARCHS, get_arch
+    if config.dfkd.student_arch not in ARCHS:
+      raise UserError(f"config.dfkd.student_arch '{config.dfkd.student_arch}' is unknown; known: "
+                      f"{', '.join(sorted(ARCHS))}")
+    s, t = get_arch(config.dfkd.student_arch), get_arch(config.teacher.arch)
+    if (s.input_shape, s.num_classes) != (t.input_shape, t.num_classes):
+      raise UserError(f"config.dfkd.student_arch '{s.name}' takes {s.input_shape} images and "
+                      f"{s.num_classes} classes, the teacher '{t.name}' {t.input_shape} and "
+                      f"{t.num_classes}; pick a student of the teacher's input and classes")
+  if config.mode == 'ptq':
+    from ris_jax import ptq
+    ptq.check_source(config)
 
 
 def gdfq_baseline(config):

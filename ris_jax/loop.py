@@ -31,6 +31,8 @@ class TrainingDiverged(UserError):
 
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline')
+# Config sections read only in the mode of the same name.
+_MODE_SECTIONS = ('ptq', 'dfkd')
 
 
 def _flat(config) -> Dict[str, Any]:
@@ -42,7 +44,10 @@ def _flat(config) -> Dict[str, Any]:
       else:
         out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
   walk(json.loads(config.to_json()), '')
-  return {k: v for k, v in out.items() if k not in _RESUMABLE_FIELDS}
+  # The sections of the other modes do not make a run another config (nor do they exist in
+  # config.json files written before those sections were added).
+  unused = tuple(f'{m}.' for m in _MODE_SECTIONS if m != out.get('mode'))
+  return {k: v for k, v in out.items() if k not in _RESUMABLE_FIELDS and not k.startswith(unused)}
 
 
 # What a run writes into its workdir; `overwrite` removes exactly these (nothing else).
@@ -221,7 +226,8 @@ def _first_non_finite(pending):
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-  """Runs (or resumes) one RIS/GDFQ quantization run; returns the results dict."""
+  """Runs (or resumes) one RIS/GDFQ run: quantization-aware fine-tuning (mode 'train') or
+  data-free distillation into a full-precision student (mode 'dfkd'); returns the results."""
   workdir = os.path.abspath(workdir)
   refuse_other_run(config, workdir)
   start_time = time.time()
@@ -240,7 +246,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   writer.truncate(-1 if meta is None else int(state.step))
   if meta is not None and jax.process_index() == 0:
     print(f'{workdir}: resuming from the checkpoint of step {int(state.step)}', flush=True)
-  acc = lambda: evaluation.accuracy(models.student, train.student_variables(state, t_vars),
+  acc = lambda: evaluation.accuracy(models.student,
+                                    train.student_variables(state, t_vars, models.student_kind),
                                     config.data.dataset, config.data.split,
                                     config.data.eval_batch_size, config.data.data_dir)
   if meta is None:
@@ -310,6 +317,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
              'w_bits': config.quant.w_bits, 'a_bits': config.quant.a_bits,
              'steps': tc.steps, 'batch_size': tc.batch_size, 'devices': mesh.size,
              'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
+  if config.mode == 'dfkd':
+    results.update(mode='dfkd', method=config.method, student_arch=config.dfkd.student_arch)
   if jax.process_index() == 0:
     _write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
@@ -337,6 +346,9 @@ def load_student(workdir: str):
   except (ValueError, TypeError, AttributeError, KeyError) as e:
     raise UserError(f'{path} is not a ris_jax run config ({type(e).__name__}); it is damaged: '
                     'retrain with python -m ris_jax.main ... --workdir ' + workdir) from None
+  if config.get('mode') == 'dfkd':
+    raise UserError(f'{workdir} holds a data-free distillation run (full-precision '
+                    f"'{config.dfkd.student_arch}' student); export takes quantized students only")
   checkpoints = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(checkpoints):
     raise UserError(f'{checkpoints} is missing, so the run in {workdir} has no student to '

@@ -23,7 +23,7 @@ def run(config, workdir: str) -> dict:
     import jax
     jax.distributed.initialize()
   config_lib.validate(config)
-  if config.mode == 'train':
+  if config.mode in config_lib.TRAINING_MODES:
     if config.method == 'gdfq':
       config = config_lib.gdfq_baseline(config)
     if not config.run_baseline:
@@ -45,6 +45,9 @@ def run(config, workdir: str) -> dict:
     top1 = evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
                                config.data.eval_batch_size, config.data.data_dir)
     return {'teacher_top1': top1}
+  if config.mode == 'ptq':
+    from ris_jax import ptq
+    return ptq.run(config, workdir)
   if not config.run_baseline:
     return loop.train_and_evaluate(config, workdir)
   results = {name: loop.train_and_evaluate(*args) for name, args in runs.items()}

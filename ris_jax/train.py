@@ -5,6 +5,9 @@ per phase (warm-up: student frozen; fine-tuning), data-parallel over every devic
 host: the global batch is generated inside the step from the replicated RNG and sharded along
 the mesh axis 'data', so BN statistics and losses are those of the global batch whatever the
 device count.
+
+The same iteration distils into a smaller full-precision student (data-free KD, config.mode
+'dfkd'): `Models.student_kind` picks the student's forward and its mutable collection.
 """
 from __future__ import annotations
 
@@ -25,14 +28,16 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ris_jax import data, losses, perturb
-from ris_jax.models import ArchSpec
+from ris_jax.models import ArchSpec, get_arch
 from ris_jax.models.generator import GENERATORS
 from ris_jax.student import QuantSpec, make_student
 
 
 class RISState(struct.PyTreeNode):
   """Everything that training changes (checkpointed): generator params/BN stats and Adam
-  state, student params and optimizer state, activation ranges, RNG key, step."""
+  state, student params and optimizer state, the student's other collection (activation
+  ranges of the quantized student; BN running statistics of a full-precision DFKD student,
+  kept under the same field so that checkpoints keep one layout), RNG key, step."""
   step: jax.Array
   generator: Any
   generator_opt: Any
@@ -53,6 +58,10 @@ class Models:
   student_tx: optax.GradientTransformation
   num_classes: int
   loss: Any  # a frozen ml_collections.FrozenConfigDict of config.loss
+  # 'quantized': the teacher's module with quantized ops, the teacher's BN statistics, ranges
+  # in `quant_ranges`; 'fp': a smaller full-precision student (DFKD), BN in training mode with
+  # its running statistics in `quant_ranges`.
+  student_kind: str = 'quantized'
 
 
 def quant_spec(config) -> QuantSpec:
@@ -64,9 +73,25 @@ def _decay_schedule(lr: float, decay_steps) -> optax.Schedule:
   return optax.piecewise_constant_schedule(lr, {int(s): 0.1 for s in decay_steps})
 
 
+def make_fp_student(arch: str, seed: int):
+  """(module, {'params', 'batch_stats'}) of a randomly initialised full-precision student."""
+  spec = get_arch(arch)
+  module = spec.module()
+  v = module.init(jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                  jnp.zeros((1,) + spec.input_shape), train=False)
+  return module, {'params': v['params'], 'batch_stats': v['batch_stats']}
+
+
 def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Models, RISState]:
-  """Modules, optimizers and the initial state of a run."""
-  student_module, student_vars = make_student(spec, teacher_variables, quant_spec(config))
+  """Modules, optimizers and the initial state of a run: a quantized student initialised from
+  the teacher, or (config.mode 'dfkd') a random full-precision `config.dfkd.student_arch`."""
+  if config.mode == 'dfkd':
+    student_kind = 'fp'
+    student_module, fp_vars = make_fp_student(config.dfkd.student_arch, config.seed)
+    student_vars = {'params': fp_vars['params'], 'quant_ranges': fp_vars['batch_stats']}
+  else:
+    student_kind = 'quantized'
+    student_module, student_vars = make_student(spec, teacher_variables, quant_spec(config))
   g = config.generator
   generator = GENERATORS[g.kind](num_classes=spec.num_classes, image_size=spec.image_size,
                                  channels=spec.in_channels, latent_dim=g.latent_dim, width=g.width)
@@ -82,7 +107,7 @@ def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Mo
       optax.add_decayed_weights(s.weight_decay),
       optax.sgd(_decay_schedule(s.learning_rate, decay), momentum=s.momentum, nesterov=s.nesterov))
   models = Models(teacher_module, student_module, generator, generator_tx, student_tx,
-                  spec.num_classes, ml_collections.FrozenConfigDict(config.loss))
+                  spec.num_classes, ml_collections.FrozenConfigDict(config.loss), student_kind)
   state = RISState(step=jnp.zeros((), jnp.int32), generator=gen_vars,
                    generator_opt=generator_tx.init(gen_vars['params']),
                    student=student_vars['params'], student_opt=student_tx.init(student_vars['params']),
@@ -180,11 +205,16 @@ def generator_loss(gen_params, models: Models, gen_stats, teacher_vars, z, label
 def student_loss(student_params, models: Models, teacher_vars, quant_ranges, images, labels,
                  teacher_logits, calibrate: bool):
   """L_Q = CE(Q(x), y) + α·τ²·KL(softmax(T(x)/τ) ‖ softmax(Q(x)/τ)); `labels` (B,) or soft (B, C).
-  Returns (L_Q, (ranges, metrics))."""
+  Returns (L_Q, (ranges, metrics)). A full-precision student ('fp') runs its BN in training
+  mode: `quant_ranges` holds its running statistics, updated on every call (`calibrate` unused)."""
   cfg = models.loss
   variables = {'params': student_params, 'batch_stats': teacher_vars['batch_stats'],
                'quant_ranges': quant_ranges}
-  if calibrate:
+  if models.student_kind == 'fp':
+    logits, updates = models.student.apply({'params': student_params, 'batch_stats': quant_ranges},
+                                           images, train=True, mutable=['batch_stats'])
+    quant_ranges = updates['batch_stats']
+  elif calibrate:
     logits, updates = models.student.apply(variables, images, mutable=['quant_ranges'])
     quant_ranges = updates['quant_ranges']
   else:
@@ -268,7 +298,10 @@ def noise_margins(models: Models, teacher_vars, batch_size: int, image_shape, fr
   return fraction * jnp.stack([aux['feat_inconsistency'], aux['pred_inconsistency']])
 
 
-def student_variables(state: RISState, teacher_vars) -> Dict[str, Any]:
+def student_variables(state: RISState, teacher_vars, kind: str = 'quantized') -> Dict[str, Any]:
+  """The student's variables for `student.apply` (inference): `kind` is `Models.student_kind`."""
+  if kind == 'fp':
+    return {'params': state.student, 'batch_stats': state.quant_ranges}
   return {'params': state.student, 'batch_stats': teacher_vars['batch_stats'],
           'quant_ranges': state.quant_ranges}
 

@@ -1,0 +1,222 @@
+"""Other data-free compression: PTQ without fine-tuning (ris_jax/ptq.py) and data-free KD into
+a smaller full-precision student (train.py with `Models.student_kind == 'fp'`), on the session's
+2-epoch digits teacher at test size (batch 16, width-16 generator)."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import run_python, subprocess_env
+from ris_jax import config as config_lib, evaluation, ptq, quant, student, teacher, train
+from ris_jax.errors import UserError
+
+TINY = {'train.batch_size': 16, 'generator.width': 16, 'generator.latent_dim': 16,
+        'train.progress': False}
+
+
+def _tiny(config, teacher_dir, **more):
+  with config.unlocked():
+    config.teacher.checkpoint = teacher_dir
+    for k, v in {**TINY, **more}.items():
+      section, field = k.split('.')
+      config[section][field] = v
+  return config
+
+
+# ----------------------------------------------------------------------------- PTQ
+
+
+def test_clip_kernel_is_a_clipped_quantizer_range():
+  kernel = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 4, 5))
+  k = np.asarray(kernel)
+  lo, hi = k.min((0, 1, 2)), k.max((0, 1, 2))
+  clipped = ptq.clip_kernel(kernel, 0.7)
+  np.testing.assert_array_equal(clipped, np.clip(k, 0.7 * lo, 0.7 * hi))
+  # The per-channel quantizer of the clipped kernel spans exactly 0.7·[min, max].
+  np.testing.assert_allclose(np.asarray(clipped).min((0, 1, 2)), 0.7 * lo, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(clipped).max((0, 1, 2)), 0.7 * hi, rtol=1e-6)
+  np.testing.assert_array_equal(quant.WeightQuantizer(4)(clipped),
+                                quant.fake_quant(clipped, 0.7 * lo, 0.7 * hi, 4))
+  np.testing.assert_array_equal(ptq.clip_kernel(kernel, 1.0), kernel)
+
+
+@pytest.fixture(scope='module')
+def calibrated(digits_teacher):
+  """The W3A3 student of the digits teacher calibrated on two batches of noise, 32 held images
+  and the teacher's logits on them."""
+  from configs import ptq_digits
+  config = _tiny(ptq_digits.get_config('w3a3'), digits_teacher)
+  spec, t_module, t_vars = teacher.get_teacher(config)
+  module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 16) + spec.input_shape)
+  variables = student.calibrate(module, variables, list(images))
+  held = images.reshape((-1,) + spec.input_shape)
+  return module, variables, held, t_module.apply(t_vars, held)
+
+
+def test_mse_clipping_never_increases_output_mse(calibrated):
+  module, variables, held, reference = calibrated
+  clipped, info = ptq.clip_weights(module, variables, held, reference, (1.0, 0.7, 0.5))
+  before = float(ptq.output_mse(module, variables, held, reference))
+  after = float(np.mean((np.asarray(module.apply(clipped, held)) - np.asarray(reference)) ** 2))
+  assert info['mse_before'] == pytest.approx(before, rel=1e-5)
+  assert info['mse_after'] == pytest.approx(after, rel=1e-5)
+  assert after <= before
+  # Every kernel is its original clipped at the chosen α; nothing else changed.
+  flat_old = traverse_util.flatten_dict(variables['params'])
+  flat_new = traverse_util.flatten_dict(clipped['params'])
+  paths = ptq.kernel_paths(module, variables, held[:1])  # 19 + 2 shortcut convs, the dense
+  assert len(info['alphas']) == len(paths) == 22
+  assert paths[0][0] == 'init_block' and paths[-1][0] == 'output'  # forward order
+  for path, old in flat_old.items():
+    alpha = info['alphas'].get('/'.join(path[:-1]), 1.0) if path[-1] == 'kernel' else 1.0
+    np.testing.assert_array_equal(flat_new[path], ptq.clip_kernel(old, alpha))
+  assert clipped['quant_ranges'] is variables['quant_ranges']
+
+
+def test_unit_clip_grid_is_no_clipping(calibrated):
+  module, variables, held, reference = calibrated
+  clipped, info = ptq.clip_weights(module, variables, held, reference, (1.0,))
+  assert set(info['alphas'].values()) == {1.0} and info['mse_after'] == info['mse_before']
+  jax.tree.map(np.testing.assert_array_equal, clipped, variables)
+
+
+def test_bad_ptq_source_is_refused_before_compute(tmp_path):
+  from configs import ptq_digits
+  config = ptq_digits.get_config('w4a8')
+  config.ptq.source = f'generator:{tmp_path}/nothing'
+  with pytest.raises(UserError, match='holds no ris_jax run'):
+    config_lib.validate(config)
+  config.ptq.source = 'imagenet'
+  with pytest.raises(UserError, match='not one of noise, real'):
+    config_lib.validate(config)
+
+
+# ----------------------------------------------------------------------------- DFKD
+
+STEPS = 4
+# The CLI run and the in-process tests share one compiled step (same schedule, persistent cache).
+DFKD = {**TINY, 'train.steps': STEPS, 'train.decay_steps': (3,), 'train.log_every': 2,
+        'train.eval_every': 2, 'train.checkpoint_every': 2}
+
+
+def _dfkd_config(teacher_dir):
+  from configs import dfkd_digits
+  return _tiny(config_lib.gdfq_baseline(dfkd_digits.get_config('gdfq')), teacher_dir, **DFKD)
+
+
+@pytest.fixture(scope='module')
+def dfkd_run(digits_teacher, compile_cache, tmp_path_factory):
+  """`python -m ris_jax.main --config configs/dfkd_digits.py:gdfq` for 4 tiny steps."""
+  workdir = tmp_path_factory.mktemp('dfkd') / 'run'
+  overrides = {**DFKD, 'train.decay_steps': '(3,)', 'teacher.checkpoint': digits_teacher}
+  proc = run_python(['-m', 'ris_jax.main', '--config', 'configs/dfkd_digits.py:gdfq',
+                     '--workdir', str(workdir)] + [f'--config.{k}={v}' for k, v in overrides.items()],
+                    subprocess_env(compile_cache))
+  return workdir, json.loads(proc.stdout[proc.stdout.index('{'):])
+
+
+def test_dfkd_main_end_to_end(dfkd_run):
+  workdir, printed = dfkd_run
+  results = json.loads((workdir / 'results.json').read_text())
+  assert printed == results
+  assert (results['mode'], results['method'], results['student_arch']) == ('dfkd', 'gdfq', 'resnet8_digits')
+  assert results['steps'] == STEPS and results['teacher_top1'] > 30.0
+  assert 0.0 <= results['student_top1_final'] <= results['student_top1_best'] <= 100.0
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  logged = [r for r in rows if 's_kd' in r]
+  assert [r['step'] for r in logged] == [2, 4]
+  assert all(np.isfinite(v) for r in logged for v in r.values())
+  assert {'2', '4'} <= set(os.listdir(workdir / 'checkpoints'))
+  # The checkpoint restores into the DFKD state layout; its student (ResNet-8, its own BN
+  # statistics) scores what results.json says.
+  models, state = ptq.load_generator(str(workdir))
+  assert models.student_kind == 'fp' and int(state.step) == STEPS
+  kernel = state.student['stage1_unit1']['body']['conv1']['conv']['kernel']
+  assert kernel.shape == (3, 3, 16, 16) and 'stage1_unit2' not in state.student
+  top1 = evaluation.accuracy(models.student, train.student_variables(state, None, 'fp'), 'digits',
+                             'test', 360)
+  assert top1 == results['student_top1_final']
+
+
+def test_dfkd_step_trains_the_fp_student_only(digits_teacher, compile_cache):
+  config = _dfkd_config(digits_teacher)
+  spec, t_module, t_vars = teacher.get_teacher(config)
+  models, state = train.build(config, spec, t_module, t_vars)
+  assert models.student_kind == 'fp'
+  before = jax.device_get((state, t_vars))
+  mesh = train.make_mesh()
+  step = train.jit_ris_step(models, config.train.batch_size, mesh)
+  new, metrics = step(train.replicate(state, mesh), train.replicate(t_vars, mesh), jnp.zeros(2),
+                      update_student=True, calibrate=False)
+  old_state, old_t = before
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(t_vars), old_t)  # teacher unchanged
+  for old, cur in zip(jax.tree.leaves(old_state.student), jax.tree.leaves(new.student)):
+    assert not np.array_equal(old, cur)  # every student parameter moved
+  # BN statistics: the student's training-mode BN on the images of this step (regenerated
+  # here from the step's RNG and the generator before its update).
+  k_z, k_y, _ = jax.random.split(jax.random.fold_in(old_state.rng, 0), 3)
+  z = jax.random.normal(k_z, (16, 16))
+  _, targets = train.sample_labels(models, k_y, 16)
+  images = models.generator.apply(old_state.generator, z, targets)
+  _, updates = models.student.apply({'params': old_state.student, 'batch_stats': old_state.quant_ranges},
+                                    images, train=True, mutable=['batch_stats'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.device_get(new.quant_ranges), jax.device_get(updates['batch_stats']))
+  assert not np.allclose(new.quant_ranges['init_block']['bn']['mean'],
+                         old_state.quant_ranges['init_block']['bn']['mean'])
+  assert np.isfinite(float(metrics['s_kd']))
+
+
+def test_kd_loss_falls_on_a_fixed_batch(digits_teacher):
+  config = _dfkd_config(digits_teacher)
+  spec, t_module, t_vars = teacher.get_teacher(config)
+  models, state = train.build(config, spec, t_module, t_vars)
+  images = jax.random.normal(jax.random.PRNGKey(3), (16,) + spec.input_shape)
+  t_logits = t_module.apply(t_vars, images)
+  labels = jnp.argmax(t_logits, -1)
+
+  @jax.jit
+  def sgd(params, opt, stats):
+    (_, (stats, m)), g = jax.value_and_grad(train.student_loss, has_aux=True)(
+        params, models, t_vars, stats, images, labels, t_logits, False)
+    updates, opt = models.student_tx.update(g, opt, params)
+    return jax.tree.map(jnp.add, params, updates), opt, stats, m['s_kd']
+
+  params, opt, stats = state.student, state.student_opt, state.quant_ranges
+  kd = []
+  for _ in range(8):
+    params, opt, stats, value = sgd(params, opt, stats)
+    kd.append(float(value))
+  assert kd[-1] < 0.5 * kd[0], kd
+
+
+# ----------------------------------------------------------------------------- PTQ sources
+
+
+def test_ptq_from_each_source(digits_teacher, dfkd_run, tmp_path):
+  from configs import ptq_digits
+  from ris_jax import main
+  workdir, _ = dfkd_run
+  for source in ('noise', 'real', f'generator:{workdir}'):
+    config = _tiny(ptq_digits.get_config('w4a8'), digits_teacher)
+    config.ptq.batch_size = 16
+    config.ptq.calibration_batches = 2
+    config.ptq.clip_batches = 1
+    config.ptq.clip_grid = (1.0, 0.5)
+    config.ptq.clip_weights = source == 'noise'  # the search itself is tested above
+    config.ptq.source = source
+    out = tmp_path / source.split(':')[0]
+    results = main.run(config, str(out))
+    assert json.loads((out / 'results.json').read_text()) == results
+    assert results['source'] == source and results['calibration_images'] == 32
+    assert results['teacher_top1'] > 30.0
+    assert 0.0 <= results['top1_calibrated'] <= 100.0
+    assert ('top1_clipped' in results) == config.ptq.clip_weights
+    if config.ptq.clip_weights:
+      assert 0.0 <= results['top1_clipped'] <= 100.0
+      assert results['mse_after'] <= results['mse_before']
