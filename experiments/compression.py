@@ -210,7 +210,7 @@ def main():
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   seeds = [int(s) for s in args.seeds.split(',')]
-  command = 'python experiments/compression.py ' + ' '.join(sys.argv[1:])
+  command = ' '.join(['python experiments/compression.py'] + sys.argv[1:])
   start = time.time()
   methods = args.methods.split(',')
   partial = args.sources or methods != list(METHODS)
