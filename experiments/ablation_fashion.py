@@ -1,0 +1,219 @@
+"""Ablation of the RIS terms on Fashion-MNIST (ResNet-8 teacher, 10,000 test images).
+
+    python experiments/ablation_fashion.py --bits w4a4 --seeds 0,1,2 --steps 300 \
+        --out /tmp/ris_ablation_fashion
+
+Per seed: PTQ calibrated on Gaussian noise, the six trained variants of
+`experiments/ablation.py` (GDFQ, +input perturbation, +weight perturbation, +both,
++diversity, full RIS), each a `configs/fashion_resnet.py` run shortened to --steps, and the
+real-data upper bound: the same student calibrated and fine-tuned on real training images
+(`ris_jax.real_finetune`, same steps / batch / learning rates). Finished runs are skipped, so
+an interrupted ablation resumes. Writes experiments/results/ablation_fashion.{md,png} and samples_fashion_gdfq_vs_ris.png.
+No tuning on the test split: every hyper-parameter is method.md's or fashion_resnet.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import ablation  # noqa: E402  (VARIANTS: the same six trained variants as on digits)
+from configs import fashion_resnet  # noqa: E402
+from ris_jax import config as config_lib  # noqa: E402
+
+RESULTS = os.path.join(HERE, 'results')
+VARIANTS = ablation.VARIANTS
+UPPER = 'real-data fine-tuning (upper bound)'
+REAL_PTQ = 'PTQ on real images (no fine-tuning)'
+NOISE_PTQ = 'PTQ on Gaussian noise'
+
+
+def variant_config(bits: str, seed: int, overrides: dict, steps=None):
+  c = config_lib.gdfq_baseline(fashion_resnet.get_config(bits))
+  with c.unlocked():
+    c.method = 'ris' if overrides else 'gdfq'
+    c.seed = seed
+    c.train.progress = False
+    for k, v in overrides.items():
+      c.loss[k] = v
+    if steps:
+      c.train.steps = steps
+      c.train.warmup_steps = c.train.calibration_steps = min(c.train.warmup_steps, steps // 3)
+      c.train.decay_steps = (int(steps * 0.7),)
+      c.train.eval_every = steps // 2  # 10,000 test images per evaluation: evaluate rarely
+      c.train.checkpoint_every = steps // 2
+  return c
+
+
+def noise_ptq(config) -> float:
+  """Top-1 of the student calibrated on N(0, 1) images (the teacher's normalized space)."""
+  import jax
+  from ris_jax import evaluation, student, teacher, train
+  spec, _, t_vars = teacher.get_teacher(config)
+  module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
+  key = jax.random.PRNGKey(config.seed)
+  batches = (jax.random.normal(jax.random.fold_in(key, i),
+                               (config.train.batch_size,) + spec.input_shape)
+             for i in range(config.train.calibration_steps))
+  variables = student.calibrate(module, variables, batches)
+  return evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
+                             config.data.eval_batch_size)
+
+
+def _cached(path, fn):
+  """results dict at `path` (json), computed by `fn` and written (atomically) when missing."""
+  if not os.path.isfile(path):
+    result = fn()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(result, f, indent=2)
+    os.replace(path + '.tmp', path)
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_all(bits, seeds, out, steps):
+  from ris_jax import loop, real_finetune
+  rows = {}
+  for seed in seeds:
+    for name, overrides in VARIANTS.items():
+      workdir = os.path.join(out, bits, name.split(' ')[0].strip('+').lower(), f'seed{seed}')
+      print(f'[{bits} seed {seed}] {name} → {workdir}', flush=True)
+      r = _cached(os.path.join(workdir, 'results.json'), lambda: loop.train_and_evaluate(
+          variant_config(bits, seed, overrides, steps), workdir))
+      rows.setdefault(name, []).append(r)
+    base = variant_config(bits, seed, {}, steps)
+    print(f'[{bits} seed {seed}] {UPPER}', flush=True)
+    r = _cached(os.path.join(out, bits, 'real', f'seed{seed}', 'results.json'),
+                lambda: real_finetune.finetune_on_real(base))
+    rows.setdefault(UPPER, []).append(r)
+    rows.setdefault(REAL_PTQ, []).append(
+        {'student_top1_final': r['student_top1_initial'], 'student_top1_best': None})
+    rows.setdefault('FP teacher', []).append(
+        {'student_top1_final': r['teacher_top1'], 'student_top1_best': None})
+    t = time.time()
+    ptq = _cached(os.path.join(out, bits, 'noise_ptq', f'seed{seed}', 'results.json'),
+                  lambda: {'student_top1_final': noise_ptq(base), 'student_top1_best': None,
+                           'wall_s': round(time.time() - t, 1)})
+    rows.setdefault(NOISE_PTQ, []).append(ptq)
+  return rows
+
+
+def _mean_std(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return '–'
+  return f'{np.mean(values):.2f} ± {np.std(values):.2f}'
+
+
+def write_table(rows, bits, seeds, steps, command):
+  order = ['FP teacher', NOISE_PTQ, REAL_PTQ] + list(VARIANTS) + [UPPER]
+  c = variant_config(bits, seeds[0], {}, steps)
+  tc = c.train
+  lines = [
+      f'# Ablation on Fashion-MNIST, {bits.upper()}', '',
+      f'Teacher `{c.teacher.arch}` (configs/teacher_fashion.py, '
+      f'{c.teacher_training.epochs} epochs); evaluation on the 10,000 real test images (one '
+      'image = 0.01 points). Mean ± std (population) over seeds '
+      f'{", ".join(map(str, seeds))}. Every trained run: {tc.steps} iterations of batch '
+      f'{tc.batch_size}, student frozen and activation ranges calibrating for the first '
+      f'{tc.warmup_steps}, learning rates ×0.1 at {tc.decay_steps[0]}: **much shorter than '
+      f'configs/fashion_resnet.py ({fashion_resnet.get_config().train.steps} iterations)**, '
+      'to fit 21 runs into about an hour of a shared 2-core CPU. "best" = the best of the '
+      f'evaluations at iterations {tc.eval_every} and {tc.steps}; "final" = iteration '
+      f'{tc.steps}; "before fine-tuning" = the student calibrated on the run\'s own images at '
+      f'iteration {tc.warmup_steps}. The upper bound is the same student and schedule on real '
+      "training images ('train' split, KD + CE on the real labels); its calibrated student is "
+      'the PTQ-on-real-images row. No hyper-parameter was tuned on the test split.', '',
+      f'Command: `{command}`', '',
+      '| method | top-1 final | top-1 best | before fine-tuning | final per seed | wall s / run |',
+      '|---|---|---|---|---|---|']
+  for name in order:
+    rs = rows[name]
+    final = _mean_std([r['student_top1_final'] for r in rs])
+    best = _mean_std([r.get('student_top1_best') for r in rs])
+    initial = _mean_std([r.get('student_top1_initial') for r in rs])
+    walls = [r['wall_s'] for r in rs if r.get('wall_s')]
+    wall = f'{np.mean(walls):.0f}' if walls else '–'
+    per_seed = ', '.join(f"{r['student_top1_final']:.2f}" for r in rs)
+    lines.append(f'| {name} | {final} | {best} | {initial} | {per_seed} | {wall} |')
+  lines += ['', 'Wall time per run and seed (s): ' + '; '.join(
+      f'{name}: ' + ', '.join(f"{r['wall_s']:.0f}" for r in rows[name])
+      for name in list(VARIANTS) + [UPPER]), '']
+  path = os.path.join(RESULTS, 'ablation_fashion.md')
+  if os.path.isfile(path):  # a hand-written '## Reading' section survives regeneration
+    with open(path) as f:
+      old = f.read()
+    if '\n## Reading' in old:
+      lines += [old[old.index('\n## Reading') + 1:].rstrip('\n'), '']
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+  print('\n'.join(lines))
+  return order
+
+
+def plot(rows, bits, order):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  means = [np.mean([r['student_top1_final'] for r in rows[n]]) for n in order]
+  stds = [np.std([r['student_top1_final'] for r in rows[n]]) for n in order]
+  colors = ['gray', 'silver', 'silver'] + ['C0'] * 5 + ['C3', 'C2']
+  ax.barh(range(len(order)), means, xerr=stds, color=colors)
+  ax.set_yticks(range(len(order)), order, fontsize=8)
+  ax.invert_yaxis()
+  ax.set_xlim(max(0, min(means) - 5), 100)
+  ax.set_xlabel('top-1 (%) on the Fashion-MNIST test set, final')
+  ax.set_title(bits.upper())
+  fig.tight_layout()
+  fig.savefig(os.path.join(RESULTS, 'ablation_fashion.png'), dpi=90)
+
+
+def samples_side_by_side(out, bits, seed):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  names = (('gdfq', 'GDFQ (CE+BNS)'), ('both', '+both (robustness)'), ('full', 'full RIS'))
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 8))
+  for ax, (v, title) in zip(axes, names):
+    ax.imshow(plt.imread(os.path.join(out, bits, v, f'seed{seed}', 'samples.png')))
+    ax.set_title(f'{title}, {bits.upper()}, seed {seed}')
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(os.path.join(RESULTS, 'samples_fashion_gdfq_vs_ris.png'), dpi=80)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--bits', default='w4a4', choices=('w4a4', 'w3a3'))
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--steps', type=int, default=300,
+                      help='iterations per run (configs/fashion_resnet.py: 2000)')
+  parser.add_argument('--out', default='/tmp/ris_ablation_fashion')
+  parser.add_argument('--compile-cache', default='~/.cache/ris_jax/xla',
+                      help="persistent XLA compilation cache ('' = off): seeds share programs")
+  args = parser.parse_args()
+  if args.compile_cache:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  seeds = [int(s) for s in args.seeds.split(',')]
+  os.makedirs(RESULTS, exist_ok=True)
+  rows = run_all(args.bits, seeds, args.out, args.steps)
+  command = 'python experiments/ablation_fashion.py ' + ' '.join(sys.argv[1:])
+  order = write_table(rows, args.bits, seeds, args.steps, command)
+  plot(rows, args.bits, order)
+  samples_side_by_side(args.out, args.bits, seeds[0])
+
+
+if __name__ == '__main__':
+  main()
