@@ -6,6 +6,7 @@ both the same way.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,6 +129,17 @@ def check_teacher(config) -> None:
                       f"or give a '{spec.name}' checkpoint")
 
 
+def cache_path(config) -> str:
+  """Where the offline teacher of `config` is cached: one directory per architecture, dataset
+  and teacher-training settings (a short hash of `config.teacher_training`, so changing e.g.
+  the epochs trains a new teacher instead of silently reusing the old one)."""
+  training = json.dumps(config.teacher_training.to_dict(), sort_keys=True)
+  digest = hashlib.sha256(training.encode()).hexdigest()[:8]
+  return os.path.join(os.path.expanduser(config.teacher.cache_dir),
+                      f'teacher_{config.teacher.arch}_{config.data.dataset}_'
+                      f'seed{config.teacher_training.seed}_{digest}')
+
+
 def get_teacher(config):
   """(spec, module, variables) of the frozen teacher named by `config.teacher`: a PyTorch
   state dict, a converted directory, or (offline datasets, no checkpoint given) a teacher
@@ -155,8 +167,7 @@ def get_teacher(config):
                         f"'{spec.name}' ({detail}); set --config.teacher.arch to the model it "
                         f"holds, or give a '{spec.name}' checkpoint") from None
   elif config.data.dataset in TRAINABLE_OFFLINE:
-    cache = os.path.join(os.path.expanduser(config.teacher.cache_dir),
-                         f'teacher_{spec.name}_{config.data.dataset}_seed{config.teacher_training.seed}')
+    cache = cache_path(config)
     if not os.path.isfile(os.path.join(cache, 'teacher_results.json')):
       print(f'No cached teacher at {cache}: training it (once).', flush=True)
       tmp = cache + f'.tmp{os.getpid()}'

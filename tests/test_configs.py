@@ -70,10 +70,30 @@ def test_configs_found():
 
 
 def test_fashion_configs_share_the_cached_teacher():
-  """The teacher cache key holds arch, dataset and seed only: the quantization config must
-  train the very teacher that teacher_fashion.py describes."""
-  teacher, run = load('teacher_fashion'), load('fashion_resnet', 'w4a4')
-  assert run.teacher == teacher.teacher and run.teacher_training == teacher.teacher_training
+  """The quantization config must train (and find in the cache) the very teacher that
+  teacher_fashion.py describes; so do the digits demo and teacher_digits.py."""
+  from ris_jax import teacher
+  for teacher_name, run_name, arg in (('teacher_fashion', 'fashion_resnet', 'w4a4'),
+                                      ('teacher_digits', 'demo', 'w3a3')):
+    t, run = load(teacher_name), load(run_name, arg)
+    assert run.teacher == t.teacher and run.teacher_training == t.teacher_training
+    assert teacher.cache_path(run) == teacher.cache_path(t)
+
+
+def test_teacher_cache_key_holds_the_training_settings():
+  """Another number of epochs (or any teacher_training field) is another cached teacher, so
+  a changed setting is never answered with a stale teacher; the run seed is not part of it."""
+  from ris_jax import teacher
+  base = load('demo')
+  paths = {teacher.cache_path(base)}
+  for field, value in (('epochs', 3), ('learning_rate', 0.05), ('seed', 1)):
+    c = load('demo')
+    c.teacher_training[field] = value
+    paths.add(teacher.cache_path(c))
+  assert len(paths) == 4
+  other_run_seed = load('demo')
+  other_run_seed.seed = 7
+  assert teacher.cache_path(other_run_seed) == teacher.cache_path(base)
 
 
 @pytest.mark.parametrize('name,arg', CASES)
