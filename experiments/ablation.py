@@ -37,8 +37,11 @@ VARIANTS = {
 }
 
 
-def variant_config(bits: str, seed: int, overrides: dict, steps=None):
-  c = config_lib.gdfq_baseline(demo.get_config(bits))
+def variant_config(base, seed: int, overrides: dict, steps=None, evaluations: int = 5):
+  """`base` (a demo-like config) as the GDFQ baseline plus `overrides` of config.loss; with
+  `steps`, a shorter run: warm-up at most a third of it, decay at 70 %, `evaluations`
+  evaluations and checkpoints."""
+  c = config_lib.gdfq_baseline(base)
   with c.unlocked():
     c.method = 'ris' if overrides else 'gdfq'
     c.seed = seed
@@ -47,23 +50,26 @@ def variant_config(bits: str, seed: int, overrides: dict, steps=None):
       c.loss[k] = v
     if steps:
       c.train.steps = steps
+      c.train.warmup_steps = c.train.calibration_steps = min(c.train.warmup_steps, steps // 3)
       c.train.decay_steps = (int(steps * 0.7),)
-      c.train.eval_every = c.train.checkpoint_every = steps // 5
+      c.train.eval_every = c.train.checkpoint_every = steps // evaluations
   return c
 
 
-def noise_ptq(bits: str, seed: int) -> float:
-  """Top-1 of the student calibrated on N(0, 1) images (the teacher's normalized space)."""
+def noise_ptq(config) -> float:
+  """Top-1 of the student calibrated on N(0, 1) images (the teacher's normalized space):
+  `config.train.calibration_steps` batches, seeded by `config.seed`."""
   import jax
   from ris_jax import evaluation, student, teacher, train
-  c = demo.get_config(bits)
-  spec, _, t_vars = teacher.get_teacher(c)
-  module, variables = student.make_student(spec, t_vars, train.quant_spec(c))
-  key = jax.random.PRNGKey(seed)
-  batches = (jax.random.normal(jax.random.fold_in(key, i), (c.train.batch_size,) + spec.input_shape)
-             for i in range(c.train.calibration_steps))
+  spec, _, t_vars = teacher.get_teacher(config)
+  module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
+  key = jax.random.PRNGKey(config.seed)
+  batches = (jax.random.normal(jax.random.fold_in(key, i),
+                               (config.train.batch_size,) + spec.input_shape)
+             for i in range(config.train.calibration_steps))
   variables = student.calibrate(module, variables, batches)
-  return evaluation.accuracy(module, variables, c.data.dataset, c.data.split, c.data.eval_batch_size)
+  return evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
+                             config.data.eval_batch_size, config.data.data_dir)
 
 
 def run_all(plan, out, steps):
@@ -77,13 +83,14 @@ def run_all(plan, out, steps):
         path = os.path.join(workdir, 'results.json')
         if not os.path.isfile(path):
           print(f'[{bits} seed {seed}] {name} → {workdir}', flush=True)
-          loop.train_and_evaluate(variant_config(bits, seed, overrides, steps), workdir)
+          loop.train_and_evaluate(variant_config(demo.get_config(bits), seed, overrides, steps),
+                                   workdir)
         with open(path) as f:
           r = json.load(f)
         rows.setdefault((bits, name), []).append(r)
       rows.setdefault((bits, 'FP teacher'), []).append({'student_top1_final': r['teacher_top1'],
                                                         'student_top1_best': r['teacher_top1']})
-      ptq = noise_ptq(bits, seed)
+      ptq = noise_ptq(variant_config(demo.get_config(bits), seed, {}))
       rows.setdefault((bits, 'PTQ on Gaussian noise'), []).append(
           {'student_top1_final': ptq, 'student_top1_best': ptq})
   return rows

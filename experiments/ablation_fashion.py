@@ -27,7 +27,6 @@ sys.path.insert(0, HERE)
 
 import ablation  # noqa: E402  (VARIANTS: the same six trained variants as on digits)
 from configs import fashion_resnet  # noqa: E402
-from ris_jax import config as config_lib  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
 VARIANTS = ablation.VARIANTS
@@ -37,35 +36,12 @@ NOISE_PTQ = 'PTQ on Gaussian noise'
 
 
 def variant_config(bits: str, seed: int, overrides: dict, steps=None):
-  c = config_lib.gdfq_baseline(fashion_resnet.get_config(bits))
-  with c.unlocked():
-    c.method = 'ris' if overrides else 'gdfq'
-    c.seed = seed
-    c.train.progress = False
-    for k, v in overrides.items():
-      c.loss[k] = v
-    if steps:
-      c.train.steps = steps
-      c.train.warmup_steps = c.train.calibration_steps = min(c.train.warmup_steps, steps // 3)
-      c.train.decay_steps = (int(steps * 0.7),)
-      c.train.eval_every = steps // 2  # 10,000 test images per evaluation: evaluate rarely
-      c.train.checkpoint_every = steps // 2
-  return c
+  # 10,000 test images per evaluation: evaluate twice only.
+  return ablation.variant_config(fashion_resnet.get_config(bits), seed, overrides, steps,
+                                 evaluations=2)
 
 
-def noise_ptq(config) -> float:
-  """Top-1 of the student calibrated on N(0, 1) images (the teacher's normalized space)."""
-  import jax
-  from ris_jax import evaluation, student, teacher, train
-  spec, _, t_vars = teacher.get_teacher(config)
-  module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
-  key = jax.random.PRNGKey(config.seed)
-  batches = (jax.random.normal(jax.random.fold_in(key, i),
-                               (config.train.batch_size,) + spec.input_shape)
-             for i in range(config.train.calibration_steps))
-  variables = student.calibrate(module, variables, batches)
-  return evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
-                             config.data.eval_batch_size)
+noise_ptq = ablation.noise_ptq
 
 
 def _cached(path, fn):
