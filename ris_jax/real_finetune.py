@@ -13,7 +13,6 @@ from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
-import optax
 
 from ris_jax import data, evaluation, teacher, train
 
@@ -37,20 +36,13 @@ def finetune_on_real(config, split: str = 'train', arrays: Optional[Dict[str, np
   @functools.partial(jax.jit, static_argnames=('update_student', 'calibrate'))
   def step(params, opt_state, ranges, images, labels, *, update_student, calibrate):
     t_logits = models.teacher.apply(t_vars, images)
-    args = (models, t_vars, ranges, images, labels, t_logits, calibrate)
-    if update_student:
-      (_, (ranges, metrics)), grads = jax.value_and_grad(train.student_loss, has_aux=True)(
-          params, *args)
-      updates, opt_state = models.student_tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-    else:
-      _, (ranges, metrics) = train.student_loss(params, *args)
-    return params, opt_state, ranges, metrics
+    return train.student_step(params, opt_state, ranges, models, t_vars, images, labels,
+                              t_logits, update_student=update_student, calibrate=calibrate)
 
   params, opt_state, ranges = state.student, state.student_opt, state.quant_ranges
   acc = lambda: evaluation.accuracy(
-      models.student, {'params': params, 'batch_stats': t_vars['batch_stats'],
-                       'quant_ranges': ranges},
+      models.student, train.student_variables(state.replace(student=params, quant_ranges=ranges),
+                                              t_vars),
       config.data.dataset, config.data.split, config.data.eval_batch_size, config.data.data_dir)
   rng = np.random.RandomState(config.seed)
   per_epoch = n // tc.batch_size

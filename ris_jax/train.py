@@ -227,6 +227,20 @@ def student_loss(student_params, models: Models, teacher_vars, quant_ranges, ima
                                 's_acc_on_synthetic': jnp.mean(jnp.argmax(logits, -1) == hard)})
 
 
+def student_step(params, opt_state, ranges, models: Models, teacher_vars, images, targets,
+                 teacher_logits, *, update_student: bool, calibrate: bool):
+  """The student half of an iteration on given images (synthetic, or real for the upper
+  bound): one optimizer step on `student_loss` (or, while `update_student` is off, only the
+  forward that calibrates the ranges). Returns (params, opt_state, ranges, metrics)."""
+  args = (models, teacher_vars, ranges, images, targets, teacher_logits, calibrate)
+  if not update_student:
+    _, (ranges, metrics) = student_loss(params, *args)
+    return params, opt_state, ranges, metrics
+  (_, (ranges, metrics)), grads = jax.value_and_grad(student_loss, has_aux=True)(params, *args)
+  updates, opt_state = models.student_tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, ranges, metrics
+
+
 def ris_step(state: RISState, teacher_vars, margins, *, models: Models, batch_size: int,
              mesh: Mesh, update_student: bool, calibrate: bool):
   """One RIS iteration: sample z, y; generator step on L_G; student step on the same images
@@ -251,15 +265,9 @@ def ris_step(state: RISState, teacher_vars, margins, *, models: Models, batch_si
   images, t_logits = jax.lax.stop_gradient(images), jax.lax.stop_gradient(t_logits)
   # The student learns the labels the images were generated for (soft ones under RIS diversity).
   s_targets = targets if models.loss.soft_labels else labels
-  s_args = (models, teacher_vars, state.quant_ranges, images, s_targets, t_logits, calibrate)
-  if update_student:
-    (_, (ranges, s_metrics)), s_grads = jax.value_and_grad(student_loss, has_aux=True)(
-        state.student, *s_args)
-    s_updates, student_opt = models.student_tx.update(s_grads, state.student_opt, state.student)
-    student = optax.apply_updates(state.student, s_updates)
-  else:
-    _, (ranges, s_metrics) = student_loss(state.student, *s_args)
-    student, student_opt = state.student, state.student_opt
+  student, student_opt, ranges, s_metrics = student_step(
+      state.student, state.student_opt, state.quant_ranges, models, teacher_vars, images,
+      s_targets, t_logits, update_student=update_student, calibrate=calibrate)
   metrics.update(s_metrics)
   new_state = state.replace(step=state.step + 1, generator=generator, generator_opt=gen_opt,
                             student=student, student_opt=student_opt, quant_ranges=ranges)
