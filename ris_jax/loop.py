@@ -55,7 +55,7 @@ _RUN_FILES = ('config.json', 'metrics.jsonl', 'results.json', 'samples.png')
 _RUN_DIRS = ('checkpoints',)
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
   """Writes `text` to `path` via a temporary file and a rename: a kill leaves the old file or
   the new one, never a truncated one."""
   tmp = f'{path}.tmp{os.getpid()}'
@@ -113,7 +113,7 @@ def check_workdir(config, workdir: str) -> None:
     if _config_diff(config, workdir):
       _clear_run(workdir)
     os.makedirs(workdir, exist_ok=True)
-    _write_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+    write_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('ris_jax.check_workdir')
@@ -147,7 +147,7 @@ class MetricsWriter:
           continue
         if isinstance(row, dict) and isinstance(row.get('step'), int) and row['step'] <= step:
           kept.append(line if line.endswith('\n') else line + '\n')
-    _write_atomic(self.path, ''.join(kept))
+    write_atomic(self.path, ''.join(kept))
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -320,7 +320,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   if config.mode == 'dfkd':
     results.update(mode='dfkd', method=config.method, student_arch=config.dfkd.student_arch)
   if jax.process_index() == 0:
-    _write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
+    write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
 
 

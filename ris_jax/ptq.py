@@ -174,5 +174,5 @@ def run(config, workdir: str) -> Dict[str, Any]:
     results.update(top1_clipped=acc(module, variables), **info)
   results['wall_s'] = round(time.time() - start, 1)
   if jax.process_index() == 0:
-    loop._write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
+    loop.write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
