@@ -36,6 +36,9 @@ def get_config():
   c.quant = ml_collections.ConfigDict()
   c.quant.w_bits = 4
   c.quant.a_bits = 4
+  # Several students on one generator, e.g. 'w4a4,w3a3' (overrides w_bits/a_bits when set):
+  # one generator step per iteration, then one step per student on the same images.
+  c.quant.bits = ''
   c.quant.first_last_bits = ml_collections.config_dict.placeholder(int)  # e.g. 8
   c.quant.clipped_ste = False
   c.quant.ema_momentum = 0.9

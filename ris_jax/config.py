@@ -21,6 +21,18 @@ def validate(config) -> None:
     bits = config.quant[name]
     if bits is not None and not 2 <= bits <= 8:
       raise UserError(f'config.quant.{name}={bits} is outside 2..8; use a bit-width from 2 to 8')
+  from ris_jax import train
+  try:
+    widths = train.bit_widths(config)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  for w, a in widths:
+    if not (2 <= w <= 8 and 2 <= a <= 8):
+      raise UserError(f"config.quant.bits='{config.quant.bits}': w{w}a{a} is outside 2..8; use "
+                      'bit-widths from 2 to 8')
+  if len(widths) > 1 and config.mode not in ('train',):
+    raise UserError(f"config.quant.bits='{config.quant.bits}' (several students) is for mode "
+                    f"'train'; mode '{config.mode}' takes one bit-width (--config.quant.bits=w4a4)")
   import jax
   devices = jax.device_count()
   if config.mode in TRAINING_MODES and config.train.batch_size % devices:
@@ -69,16 +81,20 @@ def gdfq_baseline(config):
 
 
 def write_summary(results: dict, workdir: str) -> None:
-  """workdir/summary.{json,md}: teacher, calibrated, GDFQ and RIS top-1 side by side."""
+  """workdir/summary.{json,md}: teacher, calibrated, GDFQ and RIS top-1 side by side (one table
+  per student bit-width)."""
   ris, gdfq = results['ris'], results['gdfq']
-  rows = [('FP teacher', ris['teacher_top1'], ris['teacher_top1']),
-          ('calibrated (before fine-tuning)', ris['student_top1_initial'], ris['student_top1_initial']),
-          ('GDFQ (CE + BNS)', gdfq['student_top1_final'], gdfq['student_top1_best']),
-          ('RIS', ris['student_top1_final'], ris['student_top1_best'])]
-  lines = [f"W{ris['w_bits']}A{ris['a_bits']}, {ris['steps']} iterations, batch {ris['batch_size']}",
-           '', '| method | top-1 final | top-1 best |', '|---|---|---|']
-  lines += [f'| {name} | {final:.2f} | {best:.2f} |' for name, final, best in rows]
-  lines += ['', f"wall time: RIS {ris['wall_s']:.0f} s, GDFQ {gdfq['wall_s']:.0f} s"]
+  lines = []
+  for tag, r in ris['students'].items():
+    g = gdfq['students'][tag]
+    rows = [('FP teacher', ris['teacher_top1'], ris['teacher_top1']),
+            ('calibrated (before fine-tuning)', r['student_top1_initial'], r['student_top1_initial']),
+            ('GDFQ (CE + BNS)', g['student_top1_final'], g['student_top1_best']),
+            ('RIS', r['student_top1_final'], r['student_top1_best'])]
+    lines += [f"W{r['w_bits']}A{r['a_bits']}, {ris['steps']} iterations, batch {ris['batch_size']}",
+              '', '| method | top-1 final | top-1 best |', '|---|---|---|']
+    lines += [f'| {name} | {final:.2f} | {best:.2f} |' for name, final, best in rows] + ['']
+  lines += [f"wall time: RIS {ris['wall_s']:.0f} s, GDFQ {gdfq['wall_s']:.0f} s"]
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:

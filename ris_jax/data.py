@@ -11,7 +11,13 @@ Datasets:
   cifar10/100     TFDS array_record, 32×32×3 (train / test).
   imagenet2012    TFDS array_record, resize 256 → center crop 224 (train / validation).
   folder:<dir>    ImageNet-style `<dir>/<class>/*.JPEG|png`, ImageNet preprocessing.
+  npz:<path>      a NumPy archive with `images` (N, H, W, C) uint8 and `labels` (N,) integers,
+                  e.g. the CIFAR-10 test set; split `all` or `all[a:b]` (rows a..b−1).
 See docs/data.md for preparing them.
+
+Normalization belongs to the teacher: every reader takes `normalization`, a per-channel
+(mean, std) on 0..1 pixels (`ArchSpec.normalization`); without it, a dataset's conventional
+statistics (`NORMALIZATION`) apply (npz archives have none and need it).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import numpy as np
 
 from ris_jax.errors import UserError, short_list
 
-# Per-channel (mean, std) of each dataset's teacher input normalization.
+# Per-channel (mean, std) conventionally used with each dataset (the default normalization).
 NORMALIZATION = {
     'digits': ((0.3054,), (0.3190,)),  # pixel/16, bilinear 16×16, digits train split
     'fashion_mnist': ((0.2861,), (0.3531,)),  # pixel/255, fashion_mnist 'train' (54,000)
@@ -45,8 +51,9 @@ TFDS_SPLITS = {
 }
 SPLIT_ALIASES = {'imagenet2012': {'val': 'validation'}}
 FOLDER_PREFIX = 'folder:'
+NPZ_PREFIX = 'npz:'
 KNOWN_DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'imagenet2012',
-                  FOLDER_PREFIX + '<dir>')
+                  FOLDER_PREFIX + '<dir>', NPZ_PREFIX + '<path>')
 IMAGE_SIZE = {'digits': (16, 16), 'fashion_mnist': (28, 28), 'cifar10': (32, 32),
               'cifar100': (32, 32), 'imagenet2012': (224, 224)}
 
@@ -73,13 +80,19 @@ FASHION_MNIST_VAL_PER_CLASS = 600  # 'val' = 6,000 of the 60,000 training images
 def _base(dataset: str) -> str:
   """The dataset whose constants apply: 'folder:<dir>' → 'imagenet2012'."""
   base = 'imagenet2012' if dataset.startswith(FOLDER_PREFIX) else dataset
+  if dataset.startswith(NPZ_PREFIX):
+    raise UserError(f"{dataset} has no conventional normalization or image size: give the "
+                    "teacher's (ArchSpec.normalization)")
   if base not in NORMALIZATION:
     raise _unknown_dataset(dataset)
   return base
 
 
-def normalization(dataset: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-  """Per-channel (mean (C,), std (C,)) of the dataset's inputs (folders: ImageNet's)."""
+Stats = Tuple[Tuple[float, ...], Tuple[float, ...]]
+
+
+def normalization(dataset: str) -> Stats:
+  """Per-channel (mean (C,), std (C,)) conventionally used with `dataset` (folders: ImageNet's)."""
   return NORMALIZATION[_base(dataset)]
 
 
@@ -88,15 +101,22 @@ def image_size(dataset: str) -> Tuple[int, int]:
   return IMAGE_SIZE[_base(dataset)]
 
 
-def normalize(images01: np.ndarray, dataset: str) -> np.ndarray:
-  """(…, C) images in [0, 1] → float32 (x − mean) / std with the dataset's constants."""
-  mean, std = normalization(dataset)
+def _stats(norm) -> Stats:
+  """`norm` as (mean, std): a (mean, std) pair, or a dataset name for its conventional ones."""
+  return normalization(norm) if isinstance(norm, str) else norm
+
+
+def normalize(images01: np.ndarray, norm) -> np.ndarray:
+  """(…, C) images in [0, 1] → float32 (x − mean) / std; `norm` is (mean, std) or a dataset name."""
+  mean, std = _stats(norm)
   return ((images01 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
-def _normalize_uint8(images: np.ndarray, dataset: str) -> np.ndarray:
-  """(…, C) uint8 → float32 normalized."""
-  return normalize(images.astype(np.float32) / np.float32(255.0), dataset)
+def _normalize_uint8(images: np.ndarray, norm) -> np.ndarray:
+  """(…, C) uint8 (or float in [0, 1]) → float32 normalized."""
+  if images.dtype == np.uint8:
+    images = images.astype(np.float32) / np.float32(255.0)
+  return normalize(images, norm)
 
 
 def check_image_size(batch: Any, expected_hw: Sequence[int], what: str = 'the model') -> None:
@@ -149,7 +169,7 @@ def _digits(split: str) -> Tuple[np.ndarray, np.ndarray]:
                                               random_state=0)
   x, y = (x_test, y_test) if split == 'test' else (x_train, y_train)
   x = np.asarray(jax.image.resize(x, (len(x), 16, 16), 'bilinear'))
-  return normalize(x[..., None], 'digits'), y
+  return x[..., None], y  # in [0, 1]; normalized by the reader
 
 
 # ---------------------------------------------------------------------- fashion_mnist
@@ -379,7 +399,7 @@ def _emit(images: np.ndarray, labels: np.ndarray, batch_size: int,
   return batch
 
 
-def _source_batches(n: int, load, norm: str, image_shape: Tuple[int, ...], batch_size: int,
+def _source_batches(n: int, load, norm, image_shape: Tuple[int, ...], batch_size: int,
                     process_index: int, process_count: int, pad: bool,
                     num_workers: Optional[int]) -> Iterator[Dict[str, np.ndarray]]:
   """Batches of load(i) → (uint8 (H, W, C), label), read by a thread pool one batch ahead."""
@@ -400,30 +420,91 @@ def _source_batches(n: int, load, norm: str, image_shape: Tuple[int, ...], batch
       yield _emit(_normalize_uint8(images, norm), labels, batch_size, pad)
 
 
-def _array_batches(images: np.ndarray, labels: np.ndarray, norm: Optional[str], batch_size: int,
+def _array_batches(images: np.ndarray, labels: np.ndarray, norm, batch_size: int,
                    process_index: int, process_count: int,
                    pad: bool) -> Iterator[Dict[str, np.ndarray]]:
-  """Batches of in-memory arrays; uint8 images are normalized with `norm` per batch."""
+  """Batches of in-memory arrays (uint8, or float in [0, 1]), normalized with `norm` per batch."""
   for sel in _index_batches(len(labels), batch_size, process_index, process_count, pad):
-    x = images[sel]
-    yield _emit(_normalize_uint8(x, norm) if x.dtype == np.uint8 else x, labels[sel], batch_size,
-                pad)
+    yield _emit(_normalize_uint8(images[sel], norm), labels[sel], batch_size, pad)
+
+
+# -------------------------------------------------------------------------------- npz
+
+NPZ_SPLIT = 'all'  # an archive is one split; `all[a:b]` takes rows a..b−1
+
+
+@functools.lru_cache(maxsize=4)
+def _npz_arrays(path: str) -> Tuple[np.ndarray, np.ndarray]:
+  """(images (N, H, W, C) uint8, labels (N,) int32) of a NumPy archive, checked."""
+  fix = ("expected np.savez(path, images=<(N, H, W, C) uint8>, labels=<(N,) integers>)")
+  if not os.path.isfile(path):
+    raise UserError(f'npz dataset {path} does not exist; give the path of a NumPy archive '
+                    f'({fix}), e.g. --config.data.dataset=npz:/data/cifar10_test.npz')
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      missing = [k for k in ('images', 'labels') if k not in archive.files]
+      if missing:
+        raise UserError(f"npz dataset {path} lacks the array(s) {', '.join(missing)} (it holds "
+                        f"{', '.join(archive.files) or 'nothing'}); {fix}")
+      images, labels = archive['images'], archive['labels']
+  except UserError:
+    raise
+  except Exception as e:  # not a zip, truncated, pickled objects, …
+    raise UserError(f'cannot read {path} as a NumPy archive ({type(e).__name__}: '
+                    f'{" ".join(str(e).split())[:120]}); {fix}') from None
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise UserError(f"npz dataset {path}: 'images' is {images.dtype} {images.shape}, expected "
+                    'uint8 (N, H, W, C) with C 1 or 3 (pixels 0..255, HWC, RGB)')
+  if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+    raise UserError(f"npz dataset {path}: 'labels' is {labels.dtype} {labels.shape}, expected "
+                    f'integers of shape ({len(images)},), one class index per image')
+  if len(labels) and labels.min() < 0:
+    raise UserError(f"npz dataset {path}: 'labels' has negative values (min {labels.min()}); "
+                    'labels must be class indices 0..C−1')
+  return images, labels.astype(np.int32)
+
+
+def _npz_split(dataset: str, split: str, num_classes: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+  """The rows of an npz dataset that `split` ('all' or 'all[a:b]') selects."""
+  images, labels = _npz_arrays(os.path.expanduser(dataset[len(NPZ_PREFIX):]))
+  m = re.fullmatch(NPZ_SPLIT + r'(?:\[(-?\d*):(-?\d*)\])?', split)
+  if not m:
+    raise UserError(f"unknown split '{split}' of {dataset}: an npz archive is one split, "
+                    f"'{NPZ_SPLIT}', or '{NPZ_SPLIT}[a:b]' for rows a..b−1 (e.g. {NPZ_SPLIT}[:5000])")
+  rows = slice(*(int(g) if g else None for g in m.groups()))
+  images, labels = images[rows], labels[rows]
+  if not len(labels):
+    raise UserError(f"split '{split}' of {dataset} selects no rows (the archive has "
+                    f'{len(_npz_arrays(os.path.expanduser(dataset[len(NPZ_PREFIX):]))[1])})')
+  if num_classes is not None and labels.max() >= num_classes:
+    raise UserError(f'{dataset}: labels go up to {labels.max()} but the model has {num_classes} '
+                    'classes; give the archive of the dataset the teacher was trained on')
+  return images, labels
 
 
 # --------------------------------------------------------------------------- public API
 
-def load_arrays(dataset: str, split: str, data_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+def load_arrays(dataset: str, split: str, data_dir: Optional[str] = None,
+                normalization: Optional[Stats] = None) -> Dict[str, np.ndarray]:
   """A whole in-memory split as {"image": (N, H, W, C) float32 normalized, "label": (N,) int32}:
-  digits, fashion_mnist, cifar10, cifar100 (ImageNet-sized data: use `eval_batches`)."""
+  digits, fashion_mnist, npz:<path>, cifar10, cifar100 (ImageNet-sized data: use
+  `eval_batches`). `normalization`: the teacher's (mean, std); default the dataset's."""
+  norm = normalization or dataset
   if dataset == 'digits':
     _check_split(dataset, split, DIGITS_SPLITS)
     images, labels = _digits(split)
-    return {'image': images, 'label': labels}
+    return {'image': normalize(images, norm), 'label': labels}
   if dataset == 'fashion_mnist':
     images, labels = _fashion_split(split, data_dir)
-    return {'image': _normalize_uint8(images, dataset), 'label': labels}
+    return {'image': _normalize_uint8(images, norm), 'label': labels}
+  if dataset.startswith(NPZ_PREFIX):
+    images, labels = _npz_split(dataset, split, None)
+    return {'image': _normalize_uint8(images, norm), 'label': labels}
   if dataset in ('cifar10', 'cifar100'):
-    batches = list(eval_batches(dataset, split, 1024, data_dir, process_index=0, process_count=1))
+    batches = list(eval_batches(dataset, split, 1024, data_dir, process_index=0, process_count=1,
+                                normalization=normalization))
     return {k: np.concatenate([b[k] for b in batches]) for k in ('image', 'label')}
   if dataset == 'imagenet2012' or dataset.startswith(FOLDER_PREFIX):
     raise UserError(f"dataset '{dataset}' is too large to load in memory; use eval_batches")
@@ -432,20 +513,22 @@ def load_arrays(dataset: str, split: str, data_dir: Optional[str] = None) -> Dic
 
 def folder_batches(root: str, batch_size: int, process_index: Optional[int] = None,
                    process_count: Optional[int] = None, pad: bool = False,
-                   num_workers: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+                   num_workers: Optional[int] = None, normalization: Optional[Stats] = None
+                   ) -> Iterator[Dict[str, np.ndarray]]:
   """Batches of an ImageNet-style folder `root/<class>/*.JPEG|png` (labels = sorted class
   folder index), ImageNet preprocessing: {"image": (B, 224, 224, 3) float32, "label": (B,)}."""
   _check_batch_size(batch_size)
   paths, labels, _ = folder_examples(root)
   process_index, process_count = _process(process_index, process_count)
-  return _source_batches(len(paths), _folder_loader(paths, labels), 'imagenet2012',
-                         (IMAGENET_CROP, IMAGENET_CROP, 3), batch_size, process_index,
+  return _source_batches(len(paths), _folder_loader(paths, labels),
+                         normalization or 'imagenet2012', (IMAGENET_CROP, IMAGENET_CROP, 3), batch_size, process_index,
                          process_count, pad, num_workers)
 
 
 def eval_batches(dataset: str, split: str, batch_size: int, data_dir: Optional[str] = None,
                  process_index: Optional[int] = None, process_count: Optional[int] = None,
-                 pad: bool = False, num_workers: Optional[int] = None
+                 pad: bool = False, num_workers: Optional[int] = None,
+                 normalization: Optional[Stats] = None, num_classes: Optional[int] = None
                  ) -> Iterator[Dict[str, np.ndarray]]:
   """Batches {"image": (B, H, W, C) float32 normalized, "label": (B,) int32} covering every
   example of the split exactly once (the last batch may be smaller).
@@ -454,24 +537,32 @@ def eval_batches(dataset: str, split: str, batch_size: int, data_dir: Optional[s
   i, i + P, i + 2P, …; sum correct counts over processes for the accuracy. With `pad`, every
   batch has B rows (padding: zero images, label −1) plus "mask" (B,) bool, and all processes
   yield the same number of batches. `dataset` 'folder:<dir>' reads `folder_batches(<dir>)`
-  (split unused). `data_dir`: the TFDS data dir, or the directory of Fashion-MNIST's idx files.
+  (split unused); 'npz:<path>' a NumPy archive (split 'all' or 'all[a:b]'). `data_dir`: the
+  TFDS data dir, or the directory of Fashion-MNIST's idx files. `normalization`: the teacher's
+  (mean, std) (default: the dataset's conventional one); `num_classes`: checks npz labels.
   Errors (unknown dataset or split, data not prepared) are raised by the call itself.
   """
   _check_batch_size(batch_size)
   process_index, process_count = _process(process_index, process_count)
   shard = dict(batch_size=batch_size, process_index=process_index, process_count=process_count,
                pad=pad)
+  norm = normalization or dataset
   if dataset.startswith(FOLDER_PREFIX):
-    return folder_batches(dataset[len(FOLDER_PREFIX):], num_workers=num_workers, **shard)
+    return folder_batches(dataset[len(FOLDER_PREFIX):], num_workers=num_workers,
+                          normalization=normalization, **shard)
+  if dataset.startswith(NPZ_PREFIX):
+    images, labels = _npz_split(dataset, split, num_classes)
+    return _array_batches(images, labels, norm, **shard)
   if dataset == 'digits':
-    arrays = load_arrays(dataset, split, data_dir)
-    return _array_batches(arrays['image'], arrays['label'], None, **shard)
+    _check_split(dataset, split, DIGITS_SPLITS)
+    images, labels = _digits(split)
+    return _array_batches(images, labels, norm, **shard)
   if dataset == 'fashion_mnist':
     images, labels = _fashion_split(split, data_dir)
-    return _array_batches(images, labels, dataset, **shard)
+    return _array_batches(images, labels, norm, **shard)
   if dataset in TFDS_SPLITS:
     split = _check_split(dataset, split, TFDS_SPLITS[dataset], allow_slices=True)
     source = _tfds_source(dataset, split, data_dir)
-    return _source_batches(len(source), _tfds_loader(dataset, source), dataset,
+    return _source_batches(len(source), _tfds_loader(dataset, source), norm,
                            IMAGE_SIZE[dataset] + (3,), num_workers=num_workers, **shard)
   raise _unknown_dataset(dataset)

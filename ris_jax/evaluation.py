@@ -17,12 +17,14 @@ def _predictor(module):
 
 
 def accuracy(module, variables, dataset: str, split: str = 'test', batch_size: int = 500,
-             data_dir=None) -> float:
-  """Top-1 (%) of `module.apply(variables, x)` on every example of the split; each host
-  evaluates its shard and the counts are summed over hosts."""
+             data_dir=None, normalization=None) -> float:
+  """Top-1 (%) of `module.apply(variables, x)` on every example of the split, its images
+  normalized with `normalization` (the teacher's (mean, std); default the dataset's); each
+  host evaluates its shard and the counts are summed over hosts."""
   predict = _predictor(module)
   counts = np.zeros(2, np.int64)
-  for batch in data.eval_batches(dataset, split, batch_size, data_dir):
+  for batch in data.eval_batches(dataset, split, batch_size, data_dir,
+                                 normalization=normalization):
     counts += (int(np.sum(np.asarray(predict(variables, batch['image'])) == batch['label'])),
                len(batch['label']))
   if jax.process_count() > 1:
@@ -31,14 +33,22 @@ def accuracy(module, variables, dataset: str, split: str = 'test', batch_size: i
   return 100.0 * counts[0] / max(counts[1], 1)
 
 
-def save_sample_grid(path: str, images: np.ndarray, labels: np.ndarray, dataset: str,
+def split_accuracy(config, spec, module, variables) -> float:
+  """`accuracy` on the evaluation split of `config.data`, normalized as the teacher `spec` expects."""
+  d = config.data
+  return accuracy(module, variables, d.dataset, d.split, d.eval_batch_size, d.get('data_dir'),
+                  spec.normalization)
+
+
+def save_sample_grid(path: str, images: np.ndarray, labels: np.ndarray, normalization,
                      title: str = '', per_class: int = 8) -> None:
   """PNG grid: one row per class (labelled), `per_class` images each; images (N, H, W, C)
-  in normalized space, de-normalized for display."""
+  in the teacher's normalized space, de-normalized for display with its (mean, std)
+  `normalization` (or a dataset name for that dataset's conventional statistics)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  mean, std = data.normalization(dataset)
+  mean, std = data.normalization(normalization) if isinstance(normalization, str) else normalization
   pixels = np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
   classes = sorted(set(int(l) for l in labels))
   fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.7, len(classes) * 0.7),

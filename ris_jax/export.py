@@ -1,8 +1,9 @@
 """Export a fake-quantized student to PyTorch.
 
-    python -m ris_jax.export --workdir W --out DIR
+    python -m ris_jax.export --workdir W --out DIR [--bits w4a4]
 
-Writes two files to DIR:
+Writes two files to DIR (a run of several students, `--config.quant.bits=w4a4,w3a3`: the one
+named by `--bits`, or without it each student into DIR/<bits>/):
 
 * `student_state_dict.pth`: `{'state_dict': sd, 'quantization': q}` (read it with
   `torch.load(path)`, `weights_only=True` works). `sd` is a pytorchcv-named state dict that
@@ -108,13 +109,11 @@ def _torch_prefix(spec: ArchSpec, module_path: Tuple[str, ...]) -> str:
 
 
 def _activation_name(spec: ArchSpec, path: Tuple[str, ...]) -> str:
-  """Flax Activation path → pytorchcv module name: ('stage1_unit1', 'Activation_0') →
-  'features.stage1.unit1.activ' (ConvBlock.activ, ResUnit.activ)."""
-  *parent, own = path
-  if own != 'Activation_0':
-    raise UserError(f"cannot map activation {'/'.join(path)} to a pytorchcv module "
-                    '(expected one Activation per block)')
-  return _torch_prefix(spec, tuple(parent)) + '.activ'
+  """Flax Activation path → torch module name (the arch's `torch_activation` mapping)."""
+  try:
+    return spec.torch_activation(tuple(path))
+  except ValueError as e:
+    raise UserError(str(e)) from None
 
 
 def quantized_student(spec: ArchSpec, qspec, variables: Mapping[str, Any]):
@@ -241,17 +240,24 @@ def main(argv=None) -> None:
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='training workdir of the student')
   parser.add_argument('--out', required=True, help='output directory')
+  parser.add_argument('--bits', default=None,
+                      help='the student of a several-bit-width run, e.g. w3a3 (default: all, '
+                           'each in OUT/<bits>/; a single-student run writes to OUT)')
   args = parser.parse_args(argv)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notes on read-only managers
-  from ris_jax.train import load_student
+  from ris_jax import loop
   try:
-    spec, qspec, variables = load_student(args.workdir)
+    tags = loop.student_tags(args.workdir)
+    chosen = [args.bits] if args.bits or len(tags) == 1 else list(tags)
+    for bits in chosen:
+      spec, qspec, variables = loop.load_student(args.workdir, bits)
+      out = args.out if len(chosen) == 1 else os.path.join(args.out, bits)
+      paths = export_student(spec, qspec, variables, out)
+      print(f'exported {spec.name} W{qspec.w_bits}A{qspec.a_bits} student → '
+            f"{paths['state_dict']}, {paths['program']}")
   except UserError as e:
     exit_with_error(e)
-  paths = export_student(spec, qspec, variables, args.out)
-  print(f'exported {spec.name} W{qspec.w_bits}A{qspec.a_bits} student → '
-        f"{paths['state_dict']}, {paths['program']}")
 
 
 if __name__ == '__main__':

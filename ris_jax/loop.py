@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -196,12 +196,12 @@ def restore_latest(manager: ocp.CheckpointManager, state: train.RISState):
   return restored['state'], restored['meta']
 
 
-def _sample_png(models, state, workdir, dataset, step, seed):
+def _sample_png(models, state, workdir, normalization, step, seed):
   labels = jnp.repeat(jnp.arange(models.num_classes)[:min(models.num_classes, 10)], 8)
   images = np.asarray(jax.jit(train.generate, static_argnums=0)(
       models, state, labels, jax.random.PRNGKey(seed)))
   tmp = os.path.join(workdir, f'.samples.tmp{os.getpid()}.png')  # written whole, then renamed
-  evaluation.save_sample_grid(tmp, images, np.asarray(labels), dataset,
+  evaluation.save_sample_grid(tmp, images, np.asarray(labels), normalization,
                               title=f'synthetic images, step {step}')
   os.replace(tmp, os.path.join(workdir, 'samples.png'))
 
@@ -246,15 +246,20 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   writer.truncate(-1 if meta is None else int(state.step))
   if meta is not None and jax.process_index() == 0:
     print(f'{workdir}: resuming from the checkpoint of step {int(state.step)}', flush=True)
-  acc = lambda: evaluation.accuracy(models.student,
-                                    train.student_variables(state, t_vars, models.student_kind),
-                                    config.data.dataset, config.data.split,
-                                    config.data.eval_batch_size, config.data.data_dir)
+  tags = models.tags
+  name = lambda metric, tag: train.metric_name(metric, tag, tags)
+
+  def accuracies() -> Dict[str, float]:
+    """{tag: top-1 of that student} on the evaluation split."""
+    return {tag: evaluation.split_accuracy(
+        config, spec, models.student_module(tag),
+        train.student_variables(state, t_vars, models.student_kind, tag)) for tag in tags}
+
   if meta is None:
-    teacher_top1 = evaluation.accuracy(t_module, t_vars, config.data.dataset, config.data.split,
-                                       config.data.eval_batch_size, config.data.data_dir)
-    meta = {'teacher_top1': teacher_top1, 'student_top1_initial': None,
-            'student_top1_best': None, 'wall_s': 0.0}
+    teacher_top1 = evaluation.split_accuracy(config, spec, t_module, t_vars)
+    meta = {'teacher_top1': teacher_top1, 'wall_s': 0.0,
+            'students': {tag: {'student_top1_initial': None, 'student_top1_best': None}
+                         for tag in tags}}
     writer.write(0, teacher_top1=teacher_top1)
   margins = train.replicate(train.noise_margins(
       models, t_vars, tc.batch_size, spec.input_shape, config.loss.margin_fraction,
@@ -270,8 +275,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     done = step + 1
     pending.append((done, metrics))
     if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
-      meta['student_top1_initial'] = acc()
-      writer.write(done, student_top1_initial=meta['student_top1_initial'])
+      for tag, top1 in accuracies().items():
+        meta['students'][tag]['student_top1_initial'] = top1
+      writer.write(done, **{name('student_top1_initial', tag): meta['students'][tag]['student_top1_initial']
+                            for tag in tags})
     log_now = done % tc.log_every == 0 or done == tc.steps
     save_now = done % tc.checkpoint_every == 0 or done == tc.steps
     if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
@@ -293,30 +300,41 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       steps_per_s = (done - tick_step) / max(time.time() - tick, 1e-9)
       tick, tick_step = time.time(), done
       writer.write(done, steps_per_s=steps_per_s, **metrics)
-      bar.set_postfix(g=f"{metrics['g_loss']:.3f}", s=f"{metrics['s_loss']:.3f}",
-                      acc_syn=f"{metrics['s_acc_on_synthetic']:.2f}")
+      bar.set_postfix(g=f"{metrics['g_loss']:.3f}",
+                      **{name('s', tag): f"{metrics[name('s_loss', tag)]:.3f}" for tag in tags})
     if done % tc.eval_every == 0 or done == tc.steps:
-      top1 = acc()
-      if done > tc.warmup_steps:
-        meta['student_top1_best'] = max(meta['student_top1_best'] or 0.0, top1)
-      writer.write(done, student_top1=top1)
-      bar.write(f'step {done}: student top-1 {top1:.2f}% (teacher {meta["teacher_top1"]:.2f}%)')
+      top1 = accuracies()
+      for tag in tags:
+        if done > tc.warmup_steps:
+          entry = meta['students'][tag]
+          entry['student_top1_best'] = max(entry['student_top1_best'] or 0.0, top1[tag])
+      writer.write(done, **{name('student_top1', tag): top1[tag] for tag in tags})
+      bar.write(f'step {done}: student top-1 ' + ', '.join(
+          f'{tag} {top1[tag]:.2f}%' for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
       if jax.process_index() == 0:
-        _sample_png(models, state, workdir, config.data.dataset, done, config.seed)
+        _sample_png(models, state, workdir, spec.normalization, done, config.seed)
     if save_now:
       meta['wall_s'] = meta['wall_s'] + time.time() - start_time
       start_time = time.time()
       manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()
-  final = acc()
-  results = {'teacher_top1': meta['teacher_top1'],
-             'student_top1_initial': meta['student_top1_initial'],
-             'student_top1_final': final,
-             'student_top1_best': max(meta['student_top1_best'] or final, final),
-             'w_bits': config.quant.w_bits, 'a_bits': config.quant.a_bits,
+  final = accuracies()
+  bits = dict(zip(tags, train.bit_widths(config)))
+  students = {}
+  for tag in tags:
+    entry = meta['students'][tag]
+    w, a = bits.get(tag, (config.quant.w_bits, config.quant.a_bits))
+    # best: the best of the evaluations after warm-up, this final one included
+    students[tag] = {'w_bits': w, 'a_bits': a,
+                     'student_top1_initial': entry['student_top1_initial'],
+                     'student_top1_final': final[tag],
+                     'student_top1_best': max(entry['student_top1_best'] or final[tag], final[tag])}
+  results = {'teacher_top1': meta['teacher_top1'], 'students': students,
              'steps': tc.steps, 'batch_size': tc.batch_size, 'devices': mesh.size,
              'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
+  if len(tags) == 1:  # a single student's figures also at the top level
+    results.update(students[tags[0]])
   if config.mode == 'dfkd':
     results.update(mode='dfkd', method=config.method, student_arch=config.dfkd.student_arch)
   if jax.process_index() == 0:
@@ -332,8 +350,13 @@ def _diverged(what: str, manager: ocp.CheckpointManager, workdir: str):
                          'weights)')
 
 
-def load_student(workdir: str):
-  """(spec, quant spec, student variables) of the latest checkpoint of a run's workdir."""
+def student_tags(workdir: str):
+  """The bit-width tags of the quantized students of the run in `workdir` (from config.json)."""
+  return tuple(train.quant_specs(_run_config(workdir)))
+
+
+def _run_config(workdir: str):
+  """The config of the run in `workdir` (its config.json), checked for the fields export needs."""
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
@@ -346,6 +369,21 @@ def load_student(workdir: str):
   except (ValueError, TypeError, AttributeError, KeyError) as e:
     raise UserError(f'{path} is not a ris_jax run config ({type(e).__name__}); it is damaged: '
                     'retrain with python -m ris_jax.main ... --workdir ' + workdir) from None
+  return config
+
+
+def load_student(workdir: str, bits: Optional[str] = None):
+  """(spec, quant spec, student variables) of student `bits` ('w4a4'; default: the only one)
+  of the latest checkpoint of a run's workdir."""
+  workdir = os.path.abspath(workdir)
+  config = _run_config(workdir)
+  tags = tuple(train.quant_specs(config))
+  if bits is None and len(tags) > 1:
+    raise UserError(f"{workdir} holds several students ({', '.join(tags)}); choose one with "
+                    f'--bits {tags[0]} (or export all: omit --bits with the export CLI)')
+  if bits is not None and bits not in tags:
+    raise UserError(f"{workdir} holds no student '{bits}' (students: {', '.join(tags)})")
+  tag = bits or tags[0]
   if config.get('mode') == 'dfkd':
     raise UserError(f'{workdir} holds a data-free distillation run (full-precision '
                     f"'{config.dfkd.student_arch}' student); export takes quantized students only")
@@ -360,4 +398,4 @@ def load_student(workdir: str):
   if meta is None:
     raise UserError(f'{checkpoints} holds no complete checkpoint to export (training was stopped '
                     'before its first one); rerun its training (same --config and --workdir)')
-  return spec, train.quant_spec(config), train.student_variables(state, t_vars)
+  return spec, train.quant_specs(config)[tag], train.student_variables(state, t_vars, tag=tag)

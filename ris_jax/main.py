@@ -35,15 +35,19 @@ def run(config, workdir: str) -> dict:
       loop.refuse_other_run(run_config, run_workdir)
   if config.mode != 'train_teacher':
     from ris_jax import data
-    # Fails now, before any compute, if the evaluation data is not prepared.
-    data.eval_batches(config.data.dataset, config.data.split, 1, config.data.data_dir)
+    from ris_jax.models import get_arch
+    # Fails now, before any compute, if the evaluation data is not prepared or does not fit.
+    spec = get_arch(config.teacher.arch)
+    first = next(iter(data.eval_batches(config.data.dataset, config.data.split, 1,
+                                        config.data.data_dir, normalization=spec.normalization,
+                                        num_classes=spec.num_classes)))
+    data.check_image_size(first, spec.input_shape[:2], f"the teacher '{spec.name}'")
   if config.mode == 'train_teacher':
     return teacher.train_teacher(config, os.path.join(workdir, 'teacher'))
   if config.mode == 'eval_teacher':
     from ris_jax import evaluation
-    _, module, variables = teacher.get_teacher(config)
-    top1 = evaluation.accuracy(module, variables, config.data.dataset, config.data.split,
-                               config.data.eval_batch_size, config.data.data_dir)
+    spec, module, variables = teacher.get_teacher(config)
+    top1 = evaluation.split_accuracy(config, spec, module, variables)
     return {'teacher_top1': top1}
   if config.mode == 'ptq':
     from ris_jax import ptq

@@ -83,7 +83,8 @@ def calibration_images(config, spec) -> Iterator[jax.Array]:
     for i in range(p.calibration_batches):
       yield jax.random.normal(jax.random.fold_in(key, i), shape)
   elif p.source == 'real':
-    images = data.load_arrays(config.data.dataset, 'train', config.data.data_dir)['image']
+    images = data.load_arrays(config.data.dataset, 'train', config.data.data_dir,
+                              spec.normalization)['image']
     rng = np.random.RandomState(config.seed)
     for _ in range(p.calibration_batches):
       yield jnp.asarray(images[rng.randint(0, len(images), p.batch_size)])
@@ -157,8 +158,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   start = time.time()
   spec, t_module, t_vars = teacher.get_teacher(config)
   loop.check_workdir(config, workdir)
-  d = config.data
-  acc = lambda m, v: evaluation.accuracy(m, v, d.dataset, d.split, d.eval_batch_size, d.data_dir)
+  acc = lambda m, v: evaluation.split_accuracy(config, spec, m, v)
   module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
   batches = list(calibration_images(config, spec))
   variables = student.calibrate(module, variables, batches)

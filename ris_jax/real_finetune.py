@@ -28,7 +28,8 @@ def finetune_on_real(config, split: str = 'train', arrays: Optional[Dict[str, np
   spec, t_module, t_vars = teacher.get_teacher(config)
   models, state = train.build(config, spec, t_module, t_vars)
   if arrays is None:
-    arrays = data.load_arrays(config.data.dataset, split, config.data.get('data_dir'))
+    arrays = data.load_arrays(config.data.dataset, split, config.data.get('data_dir'),
+                              spec.normalization)
   n = len(arrays['label'])
   if n < tc.batch_size:
     raise ValueError(f'{split} has {n} images, fewer than the batch size {tc.batch_size}')
@@ -39,11 +40,12 @@ def finetune_on_real(config, split: str = 'train', arrays: Optional[Dict[str, np
     return train.student_step(params, opt_state, ranges, models, t_vars, images, labels,
                               t_logits, update_student=update_student, calibrate=calibrate)
 
-  params, opt_state, ranges = state.student, state.student_opt, state.quant_ranges
-  acc = lambda: evaluation.accuracy(
-      models.student, train.student_variables(state.replace(student=params, quant_ranges=ranges),
-                                              t_vars),
-      config.data.dataset, config.data.split, config.data.eval_batch_size, config.data.data_dir)
+  tag = train.only_tag(models.tags)
+  params, opt_state, ranges = state.student[tag], state.student_opt[tag], state.quant_ranges[tag]
+  acc = lambda: evaluation.split_accuracy(
+      config, spec, models.student,
+      train.student_variables(state.replace(student={tag: params}, quant_ranges={tag: ranges}),
+                              t_vars))
   rng = np.random.RandomState(config.seed)
   per_epoch = n // tc.batch_size
   initial, best = None, None
@@ -60,9 +62,7 @@ def finetune_on_real(config, split: str = 'train', arrays: Optional[Dict[str, np
     if done % tc.eval_every == 0 and done > tc.warmup_steps and done < tc.steps:
       best = max(best or 0.0, acc())
   final = acc()
-  return {'teacher_top1': evaluation.accuracy(t_module, t_vars, config.data.dataset,
-                                              config.data.split, config.data.eval_batch_size,
-                                              config.data.data_dir),
+  return {'teacher_top1': evaluation.split_accuracy(config, spec, t_module, t_vars),
           'student_top1_initial': initial, 'student_top1_final': final,
           'student_top1_best': max(best or final, final),
           'w_bits': config.quant.w_bits, 'a_bits': config.quant.a_bits, 'steps': tc.steps,

@@ -41,7 +41,8 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
   (with `teacher_results.json`); returns the results."""
   spec = get_arch(config.teacher.arch)
   tc = config.teacher_training
-  arrays = data.load_arrays(config.data.dataset, 'train', config.data.get('data_dir'))
+  arrays = data.load_arrays(config.data.dataset, 'train', config.data.get('data_dir'),
+                            spec.normalization)
   n = len(arrays['label'])
   steps_per_epoch = n // tc.batch_size
   total_steps = tc.epochs * steps_per_epoch
@@ -81,7 +82,8 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
   variables = {'params': params, 'batch_stats': batch_stats}
   result = {'arch': spec.name, 'dataset': config.data.dataset,
             'test_top1': evaluation.accuracy(module, variables, config.data.dataset, 'test',
-                                             data_dir=config.data.get('data_dir')),
+                                             data_dir=config.data.get('data_dir'),
+                                             normalization=spec.normalization),
             'steps': total_steps, 'wall_s': round(time.time() - start, 1)}
   convert.save_variables(out_dir, spec.name, variables)
   with open(os.path.join(out_dir, 'teacher_results.json'), 'w') as f:

@@ -6,8 +6,18 @@ host: the global batch is generated inside the step from the replicated RNG and 
 the mesh axis 'data', so BN statistics and losses are those of the global batch whatever the
 device count.
 
+Several quantized students (`config.quant.bits='w4a4,w3a3'`) train on the same synthetic
+images in one iteration: the generator's loss involves only the teacher, so one generator step
+serves them all; each student then takes its own step on the same detached images and teacher
+logits. The students live in dicts keyed by their bit-width tag ('w4a4'; 'fp' for the DFKD
+student).
+
 The same iteration distils into a smaller full-precision student (data-free KD, config.mode
 'dfkd'): `Models.student_kind` picks the student's forward and its mutable collection.
+
+Learning rates: both optimizers decay ×0.1 at the configured iterations (`train.decay_steps`,
+0-based iteration indices); the student, frozen for `train.warmup_steps` iterations, counts its
+updates from there, so its schedule is shifted by the warm-up.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -35,9 +46,10 @@ from ris_jax.student import QuantSpec, make_student
 
 class RISState(struct.PyTreeNode):
   """Everything that training changes (checkpointed): generator params/BN stats and Adam
-  state, student params and optimizer state, the student's other collection (activation
-  ranges of the quantized student; BN running statistics of a full-precision DFKD student,
-  kept under the same field so that checkpoints keep one layout), RNG key, step."""
+  state; per student (dicts keyed by bit-width tag) its params, optimizer state and other
+  collection (activation ranges of a quantized student; BN running statistics of a
+  full-precision DFKD student, kept under the same field so that checkpoints keep one
+  layout); RNG key, step."""
   step: jax.Array
   generator: Any
   generator_opt: Any
@@ -50,9 +62,10 @@ class RISState(struct.PyTreeNode):
 @dataclasses.dataclass(frozen=True)
 class Models:
   """The fixed parts of a run: modules, optimizers and loss settings (hashable; closed over
-  by the jitted step). The teacher's variables are an argument of the step, not a constant."""
+  by the jitted step). The teacher's variables are an argument of the step, not a constant.
+  `students`: ((tag, module), …), one per student, in the order of `config.quant.bits`."""
   teacher: nn.Module
-  student: nn.Module
+  students: Tuple[Tuple[str, nn.Module], ...]
   generator: nn.Module
   generator_tx: optax.GradientTransformation
   student_tx: optax.GradientTransformation
@@ -63,14 +76,79 @@ class Models:
   # its running statistics in `quant_ranges`.
   student_kind: str = 'quantized'
 
+  @property
+  def tags(self) -> Tuple[str, ...]:
+    return tuple(tag for tag, _ in self.students)
+
+  def student_module(self, tag: Optional[str] = None) -> nn.Module:
+    """The module of student `tag` (default: the only student)."""
+    return dict(self.students)[only_tag(self.tags, tag)]
+
+  @property
+  def student(self) -> nn.Module:
+    """The module of the only student of a single-student run."""
+    return self.student_module()
+
+
+def only_tag(tags, tag: Optional[str] = None) -> str:
+  """`tag` if it is one of `tags`; without `tag`, the only one (several: an error naming them)."""
+  if tag is None:
+    if len(tags) != 1:
+      raise ValueError(f"this run has several students ({', '.join(tags)}); name one")
+    return tags[0]
+  if tag not in tags:
+    raise KeyError(f"no student '{tag}' in this run (students: {', '.join(tags)})")
+  return tag
+
+
+def bits_tag(w_bits: int, a_bits: int) -> str:
+  return f'w{w_bits}a{a_bits}'
+
+
+def bit_widths(config) -> Tuple[Tuple[int, int], ...]:
+  """The students' (w_bits, a_bits): `config.quant.bits` ('w4a4,w3a3') when set, else the
+  one of `quant.w_bits` / `quant.a_bits`. Raises ValueError on a malformed list."""
+  text = config.quant.get('bits') or ''
+  if not text:
+    return ((config.quant.w_bits, config.quant.a_bits),)
+  out = []
+  for part in text.split(','):
+    m = re.fullmatch(r'w(\d)a(\d)', part.strip())
+    if not m:
+      raise ValueError(f"config.quant.bits={text!r}: '{part}' is not of the form w<bits>a<bits> "
+                       "(e.g. --config.quant.bits=w4a4,w3a3)")
+    out.append((int(m.group(1)), int(m.group(2))))
+  if len(set(out)) != len(out):
+    raise ValueError(f'config.quant.bits={text!r} names a bit-width twice')
+  return tuple(out)
+
+
+def quant_specs(config) -> Dict[str, QuantSpec]:
+  """{bit-width tag: QuantSpec} of the run's quantized students, in order."""
+  q = config.quant
+  return {bits_tag(w, a): QuantSpec(w, a, q.first_last_bits, q.clipped_ste, q.ema_momentum)
+          for w, a in bit_widths(config)}
+
 
 def quant_spec(config) -> QuantSpec:
-  q = config.quant
-  return QuantSpec(q.w_bits, q.a_bits, q.first_last_bits, q.clipped_ste, q.ema_momentum)
+  """The QuantSpec of a single-bit-width config."""
+  specs = quant_specs(config)
+  return specs[only_tag(tuple(specs))]
 
 
-def _decay_schedule(lr: float, decay_steps) -> optax.Schedule:
-  return optax.piecewise_constant_schedule(lr, {int(s): 0.1 for s in decay_steps})
+def learning_rate_schedules(config) -> Tuple[optax.Schedule, optax.Schedule]:
+  """(generator, student) learning rate as functions of the 0-based iteration index: ×0.1 from
+  each `config.train.decay_steps` iteration on, for both."""
+  decay = {int(s): 0.1 for s in config.train.decay_steps}
+  return (optax.piecewise_constant_schedule(config.generator.learning_rate, decay),
+          optax.piecewise_constant_schedule(config.student.learning_rate, decay))
+
+
+def applied_learning_rate(opt_state) -> jax.Array:
+  """The learning rate of the last update of an optimizer built with `optax.inject_hyperparams`."""
+  is_inject = lambda s: isinstance(s, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_inject) if is_inject(s)]
+  return found[0].hyperparams['learning_rate']
 
 
 def make_fp_student(arch: str, seed: int):
@@ -87,11 +165,12 @@ def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Mo
   the teacher, or (config.mode 'dfkd') a random full-precision `config.dfkd.student_arch`."""
   if config.mode == 'dfkd':
     student_kind = 'fp'
-    student_module, fp_vars = make_fp_student(config.dfkd.student_arch, config.seed)
-    student_vars = {'params': fp_vars['params'], 'quant_ranges': fp_vars['batch_stats']}
+    module, fp_vars = make_fp_student(config.dfkd.student_arch, config.seed)
+    students = {'fp': (module, {'params': fp_vars['params'], 'quant_ranges': fp_vars['batch_stats']})}
   else:
     student_kind = 'quantized'
-    student_module, student_vars = make_student(spec, teacher_variables, quant_spec(config))
+    students = {tag: make_student(spec, teacher_variables, qspec)
+                for tag, qspec in quant_specs(config).items()}
   g = config.generator
   generator = GENERATORS[g.kind](num_classes=spec.num_classes, image_size=spec.image_size,
                                  channels=spec.in_channels, latent_dim=g.latent_dim, width=g.width)
@@ -100,18 +179,23 @@ def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Mo
   gen_vars = generator.init(init_rng, jnp.zeros((2, g.latent_dim)),
                             jnp.ones((2, spec.num_classes)) / spec.num_classes)
   gen_vars = {'params': gen_vars['params'], 'batch_stats': gen_vars['batch_stats']}
-  decay = config.train.decay_steps
-  generator_tx = optax.adam(_decay_schedule(g.learning_rate, decay), b1=g.b1, b2=g.b2)
+  generator_lr, student_lr = learning_rate_schedules(config)
+  warmup = int(config.train.warmup_steps)
+  generator_tx = optax.inject_hyperparams(optax.adam)(learning_rate=generator_lr, b1=g.b1, b2=g.b2)
   s = config.student
-  student_tx = optax.chain(
+  student_tx = optax.chain(  # its update count starts at iteration `warmup`
       optax.add_decayed_weights(s.weight_decay),
-      optax.sgd(_decay_schedule(s.learning_rate, decay), momentum=s.momentum, nesterov=s.nesterov))
-  models = Models(teacher_module, student_module, generator, generator_tx, student_tx,
-                  spec.num_classes, ml_collections.FrozenConfigDict(config.loss), student_kind)
+      optax.inject_hyperparams(optax.sgd)(learning_rate=lambda n: student_lr(n + warmup),
+                                          momentum=s.momentum, nesterov=s.nesterov))
+  models = Models(teacher_module, tuple((tag, m) for tag, (m, _) in students.items()), generator,
+                  generator_tx, student_tx, spec.num_classes,
+                  ml_collections.FrozenConfigDict(config.loss), student_kind)
   state = RISState(step=jnp.zeros((), jnp.int32), generator=gen_vars,
                    generator_opt=generator_tx.init(gen_vars['params']),
-                   student=student_vars['params'], student_opt=student_tx.init(student_vars['params']),
-                   quant_ranges=student_vars['quant_ranges'], rng=rng)
+                   student={tag: v['params'] for tag, (_, v) in students.items()},
+                   student_opt={tag: student_tx.init(v['params']) for tag, (_, v) in students.items()},
+                   quant_ranges={tag: v['quant_ranges'] for tag, (_, v) in students.items()},
+                   rng=rng)
   return models, state
 
 
@@ -203,22 +287,24 @@ def generator_loss(gen_params, models: Models, gen_stats, teacher_vars, z, label
 
 
 def student_loss(student_params, models: Models, teacher_vars, quant_ranges, images, labels,
-                 teacher_logits, calibrate: bool):
+                 teacher_logits, calibrate: bool, tag: Optional[str] = None):
   """L_Q = CE(Q(x), y) + α·τ²·KL(softmax(T(x)/τ) ‖ softmax(Q(x)/τ)); `labels` (B,) or soft (B, C).
-  Returns (L_Q, (ranges, metrics)). A full-precision student ('fp') runs its BN in training
-  mode: `quant_ranges` holds its running statistics, updated on every call (`calibrate` unused)."""
+  Returns (L_Q, (ranges, metrics)) of student `tag` (default: the only one). A full-precision
+  student ('fp') runs its BN in training mode: `quant_ranges` holds its running statistics,
+  updated on every call (`calibrate` unused)."""
   cfg = models.loss
+  module = models.student_module(tag)
   variables = {'params': student_params, 'batch_stats': teacher_vars['batch_stats'],
                'quant_ranges': quant_ranges}
   if models.student_kind == 'fp':
-    logits, updates = models.student.apply({'params': student_params, 'batch_stats': quant_ranges},
-                                           images, train=True, mutable=['batch_stats'])
+    logits, updates = module.apply({'params': student_params, 'batch_stats': quant_ranges},
+                                   images, train=True, mutable=['batch_stats'])
     quant_ranges = updates['batch_stats']
   elif calibrate:
-    logits, updates = models.student.apply(variables, images, mutable=['quant_ranges'])
+    logits, updates = module.apply(variables, images, mutable=['quant_ranges'])
     quant_ranges = updates['quant_ranges']
   else:
-    logits = models.student.apply(variables, images)
+    logits = module.apply(variables, images)
   kd = losses.kd_loss(logits, teacher_logits, cfg.kd_tau, cfg.kd_reduction)
   ce = losses.cross_entropy(logits, labels)
   total = cfg.kd_alpha * kd + (ce if cfg.student_ce else 0.0)
@@ -228,11 +314,13 @@ def student_loss(student_params, models: Models, teacher_vars, quant_ranges, ima
 
 
 def student_step(params, opt_state, ranges, models: Models, teacher_vars, images, targets,
-                 teacher_logits, *, update_student: bool, calibrate: bool):
+                 teacher_logits, *, update_student: bool, calibrate: bool,
+                 tag: Optional[str] = None):
   """The student half of an iteration on given images (synthetic, or real for the upper
-  bound): one optimizer step on `student_loss` (or, while `update_student` is off, only the
-  forward that calibrates the ranges). Returns (params, opt_state, ranges, metrics)."""
-  args = (models, teacher_vars, ranges, images, targets, teacher_logits, calibrate)
+  bound) for student `tag` (default: the only one): one optimizer step on `student_loss` (or,
+  while `update_student` is off, only the forward that calibrates the ranges). Returns
+  (params, opt_state, ranges, metrics)."""
+  args = (models, teacher_vars, ranges, images, targets, teacher_logits, calibrate, tag)
   if not update_student:
     _, (ranges, metrics) = student_loss(params, *args)
     return params, opt_state, ranges, metrics
@@ -263,15 +351,26 @@ def ris_step(state: RISState, teacher_vars, margins, *, models: Models, batch_si
   generator = {**state.generator, 'params': optax.apply_updates(gen_params, updates)}
 
   images, t_logits = jax.lax.stop_gradient(images), jax.lax.stop_gradient(t_logits)
-  # The student learns the labels the images were generated for (soft ones under RIS diversity).
+  # The students learn the labels the images were generated for (soft ones under RIS diversity).
   s_targets = targets if models.loss.soft_labels else labels
-  student, student_opt, ranges, s_metrics = student_step(
-      state.student, state.student_opt, state.quant_ranges, models, teacher_vars, images,
-      s_targets, t_logits, update_student=update_student, calibrate=calibrate)
-  metrics.update(s_metrics)
+  student, student_opt, ranges = {}, {}, {}
+  for tag in models.tags:  # every student on the same images and teacher logits
+    student[tag], student_opt[tag], ranges[tag], s_metrics = student_step(
+        state.student[tag], state.student_opt[tag], state.quant_ranges[tag], models, teacher_vars,
+        images, s_targets, t_logits, update_student=update_student, calibrate=calibrate, tag=tag)
+    metrics.update({metric_name(k, tag, models.tags): v for k, v in s_metrics.items()})
+  metrics['lr_generator'] = applied_learning_rate(gen_opt)
+  metrics['lr_student'] = (applied_learning_rate(student_opt[models.tags[0]]) if update_student
+                           else jnp.zeros(()))
   new_state = state.replace(step=state.step + 1, generator=generator, generator_opt=gen_opt,
                             student=student, student_opt=student_opt, quant_ranges=ranges)
   return new_state, metrics
+
+
+def metric_name(name: str, tag: str, tags) -> str:
+  """A student's metric: `name` in a single-student run, `name/tag` when there are several."""
+  return name if len(tags) == 1 else f'{name}/{tag}'
+
 
 
 def make_mesh() -> Mesh:
@@ -306,12 +405,15 @@ def noise_margins(models: Models, teacher_vars, batch_size: int, image_shape, fr
   return fraction * jnp.stack([aux['feat_inconsistency'], aux['pred_inconsistency']])
 
 
-def student_variables(state: RISState, teacher_vars, kind: str = 'quantized') -> Dict[str, Any]:
-  """The student's variables for `student.apply` (inference): `kind` is `Models.student_kind`."""
+def student_variables(state: RISState, teacher_vars, kind: str = 'quantized',
+                      tag: Optional[str] = None) -> Dict[str, Any]:
+  """Student `tag`'s variables (default: the only student) for its module's `apply`
+  (inference): `kind` is `Models.student_kind`."""
+  tag = only_tag(tuple(state.student), tag)
   if kind == 'fp':
-    return {'params': state.student, 'batch_stats': state.quant_ranges}
-  return {'params': state.student, 'batch_stats': teacher_vars['batch_stats'],
-          'quant_ranges': state.quant_ranges}
+    return {'params': state.student[tag], 'batch_stats': state.quant_ranges[tag]}
+  return {'params': state.student[tag], 'batch_stats': teacher_vars['batch_stats'],
+          'quant_ranges': state.quant_ranges[tag]}
 
 
 def generate(models: Models, state: RISState, labels: jax.Array, rng) -> jax.Array:
@@ -323,8 +425,3 @@ def generate(models: Models, state: RISState, labels: jax.Array, rng) -> jax.Arr
              if models.loss.soft_labels else jax.nn.one_hot(labels, models.num_classes))
   return models.generator.apply(state.generator, z, targets)
 
-
-def load_student(workdir: str):
-  """(spec, quant spec, student variables) of a run's latest checkpoint (see `loop`)."""
-  from ris_jax import loop
-  return loop.load_student(workdir)
