@@ -47,6 +47,7 @@ def get_config():
   c.generator.kind = 'gdfq'  # gdfq (CIFAR) | conditional_bn (ImageNet)
   c.generator.latent_dim = 100
   c.generator.width = 128
+  c.generator.upsample_conv = 'parity'  # 'parity' (×2 → conv on the low-res grid) | 'plain'
   c.generator.learning_rate = 1e-3
   c.generator.b1 = 0.5
   c.generator.b2 = 0.999

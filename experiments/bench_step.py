@@ -4,6 +4,7 @@
     python experiments/bench_step.py                       # ResNet-20 CIFAR-10, 32×32, batch 64
     python experiments/bench_step.py --pin-core 0          # both frameworks on one core
     python experiments/bench_step.py --arch resnet18       # ResNet-18 at 224, batch 16 (slow)
+    python experiments/bench_step.py --also ''             # the main configuration only
 
 Times the fine-tuning phase (generator step + student step, activation ranges calibrated and
 frozen: 79 200 of the 80 000 iterations of a CIFAR run), after compilation, as the median of
@@ -12,7 +13,12 @@ machine load. Compile time is reported separately. Prints one JSON line:
   {"jax_ms", "torch_ms", "speedup" (= torch_ms / jax_ms), "compile_s", "gflops_per_step"
    (XLA cost analysis of the compiled JAX step), "achieved_gflops", "device", ...}
 plus the process CPU time per iteration of each framework (`*_cpu_ms`: the work done, far less
-sensitive than wall time to other processes on a shared machine) and the load average.
+sensitive than wall time to other processes on a shared machine), the load average and the
+peak memory of the process (`peak_rss_mb`: both frameworks, getrusage maxrss). `--also` then
+times further configurations the same way, each in its own process (its own peak memory) with
+a few iterations only (`--also-steps`, default 3 per framework, one round): by default the
+CIFAR-10 ResNet-20 batch-200 iteration and the ImageNet ResNet-18 one (224 px, batch 16); their
+JSON lines are printed and summarized under `also` in the final line.
 No downloads: the teacher has random weights (pytorchcv init, converted to Flax).
 """
 from __future__ import annotations
@@ -21,6 +27,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 
@@ -46,7 +54,91 @@ def parse_args(argv=None):
   p.add_argument('--omp-wait-policy', default='PASSIVE', choices=('PASSIVE', 'ACTIVE', 'unset'),
                  help="torch's OpenMP wait policy unless OMP_WAIT_POLICY is set (see main)")
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--also', default='resnet20_cifar10:200,resnet18:16',
+                 help="further ARCH:BATCH configurations, each timed in its own process "
+                      "(comma-separated; '' for none)")
+  p.add_argument('--also-steps', type=int, default=3,
+                 help='timed iterations per framework of each --also configuration')
+  p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                 help='override a config field of the JAX side, e.g. generator.upsample_conv=plain')
   return p.parse_args(argv)
+
+
+def peak_memory() -> dict:
+  """Peak resident memory of this process (both frameworks) and JAX's device statistics where
+  the backend keeps them (XLA:CPU does not)."""
+  import jax
+  out = {'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  stats = jax.devices()[0].memory_stats()
+  if stats and 'peak_bytes_in_use' in stats:
+    out['jax_peak_mb'] = round(stats['peak_bytes_in_use'] / 2**20, 1)
+  return out
+
+
+def apply_overrides(config, overrides):
+  """`FIELD=VALUE` strings (dotted config paths) applied to an ml_collections config, the value
+  parsed with the field's current type."""
+  for item in overrides:
+    path, value = item.split('=', 1)
+    *parents, leaf = path.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    old = node[leaf]
+    node[leaf] = type(old)(value) if old is not None and not isinstance(old, bool) else (
+        value.lower() in ('1', 'true') if isinstance(old, bool) else value)
+  return config
+
+
+class JaxStep:
+  """The training loop's own jitted step (`train.jit_ris_step`) in the fine-tuning phase
+  (activation ranges calibrated on one generator batch, then frozen), compiled; `run()` does
+  one iteration on the current state and returns its metrics."""
+
+  def __init__(self, config, spec, teacher_vars, batch_size):
+    import jax
+    import jax.numpy as jnp
+    from ris_jax import student, train
+    mesh = train.make_mesh()
+    self.models, state = train.build(config, spec, spec.module(), teacher_vars)
+    self.t_vars, state = train.replicate(teacher_vars, mesh), train.replicate(state, mesh)
+    images = train.generate(self.models, state, jnp.arange(batch_size) % spec.num_classes,
+                            jax.random.PRNGKey(1))
+    calibrated = jax.jit(lambda v, x: student.calibrate_step(self.models.student, v, x)[1])(
+        train.student_variables(state, self.t_vars), images)
+    self.state = state.replace(quant_ranges=calibrated['quant_ranges'])
+    self.margins = jnp.zeros(2)
+    step = train.jit_ris_step(self.models, batch_size, mesh)
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, self.t_vars, self.margins, update_student=True,
+                               calibrate=False).compile()
+    self.compile_s = time.perf_counter() - start
+    cost = self.compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    self.gflops = float(cost.get('flops', 0.0)) / 1e9
+
+  def run(self):
+    import jax
+    self.state, metrics = self.compiled(self.state, self.t_vars, self.margins)
+    return jax.block_until_ready(metrics)
+
+
+def run_also(args) -> dict:
+  """Each `--also` configuration in its own process; returns {ARCH_bBATCH: its JSON result}."""
+  results = {}
+  passthrough = ['--omp-wait-policy', args.omp_wait_policy] + (
+      ['--pin-core', str(args.pin_core)] if args.pin_core is not None else [])
+  for item in filter(None, args.also.split(',')):
+    arch, batch = item.split(':')
+    cmd = [sys.executable, os.path.abspath(__file__), '--arch', arch, '--batch-size', batch,
+           '--steps', str(args.also_steps), '--rounds', '1', '--warmup', '1', '--also', '',
+           *passthrough, *sum((['--set', s] for s in args.set), [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = out.strip().splitlines()[-1]
+    print(line, flush=True)
+    results[f'{arch}_b{batch}'] = json.loads(line)
+  return results
 
 
 def cpu_name() -> str:
@@ -73,11 +165,10 @@ def main(argv=None):
     os.environ.setdefault('OMP_WAIT_POLICY', args.omp_wait_policy)
   sys.path.insert(0, ROOT)
   import jax
-  import jax.numpy as jnp
   import torch
   from configs import default
   from experiments.torch_reference import TorchRIS
-  from ris_jax import convert, student, train
+  from ris_jax import convert
   from ris_jax.models import get_arch
   if args.pin_core is not None:
     torch.set_num_threads(1)
@@ -93,30 +184,13 @@ def main(argv=None):
   config.seed = args.seed
   config.train.batch_size = batch_size
   config.generator.kind = preset['generator']
-  t_vars = convert.torch_to_flax(spec, torch_teacher.state_dict())
-  mesh = train.make_mesh()
-  models, state = train.build(config, spec, spec.module(), t_vars)
-  t_vars, state = train.replicate(t_vars, mesh), train.replicate(state, mesh)
-  # Activation ranges calibrated on one generator batch (the fine-tuning phase has them).
-  images = train.generate(models, state, jnp.arange(batch_size) % spec.num_classes,
-                          jax.random.PRNGKey(1))
-  calibrated = jax.jit(lambda v, x: student.calibrate_step(models.student, v, x)[1])(
-      train.student_variables(state, t_vars), images)
-  state = state.replace(quant_ranges=calibrated['quant_ranges'])
-  margins = jnp.zeros(2)
-  step = train.jit_ris_step(models, batch_size, mesh)
-  start = time.perf_counter()
-  compiled = step.lower(state, t_vars, margins, update_student=True, calibrate=False).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  gflops = float(cost.get('flops', 0.0)) / 1e9
+  apply_overrides(config, args.set)
+  jax_run = JaxStep(config, spec, convert.torch_to_flax(spec, torch_teacher.state_dict()),
+                    batch_size)
+  compile_s, gflops = jax_run.compile_s, jax_run.gflops
 
   def jax_step():
-    nonlocal state
-    state, metrics = compiled(state, t_vars, margins)
-    jax.block_until_ready((state, metrics))
+    jax_run.run()
 
   # ---- PyTorch reference, same teacher weights.
   formats = ['nchw', 'channels_last'] if args.torch_format == 'both' else [args.torch_format]
@@ -167,7 +241,14 @@ def main(argv=None):
       'load_avg_1m': [round(load_start, 2), round(os.getloadavg()[0], 2)],  # start, end
       'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
       'versions': f'jax {jax.__version__}, torch {torch.__version__}',
+      **({'jax_config': args.set} if args.set else {}),
+      **peak_memory(),
   }
+  if args.also:
+    print(json.dumps(result), flush=True)  # the main configuration's own line, then the others
+    keys = ('jax_ms', 'torch_ms', 'speedup', 'jax_cpu_ms', 'torch_cpu_ms', 'steps', 'peak_rss_mb',
+            'load_avg_1m')
+    result['also'] = {k: {f: v.get(f) for f in keys} for k, v in run_also(args).items()}
   print(json.dumps(result))
   return result
 

@@ -47,6 +47,9 @@ def validate(config) -> None:
     raise UserError(f"config.loss.kd_reduction must be 'mean' or 'batchmean', got {config.loss.kd_reduction!r}")
   if config.loss.prediction_distance not in ('l1', 'kl'):
     raise UserError(f"config.loss.prediction_distance must be 'l1' or 'kl', got {config.loss.prediction_distance!r}")
+  if config.generator.upsample_conv not in ('parity', 'plain'):
+    raise UserError(f"config.generator.upsample_conv must be 'parity' or 'plain', got "
+                    f"{config.generator.upsample_conv!r}")
   if config.mode != 'train_teacher':
     from ris_jax import teacher
     teacher.check_teacher(config)  # the path and arch, without reading the weights

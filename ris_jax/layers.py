@@ -55,6 +55,103 @@ class Conv(nn.Module):
     return y
 
 
+# ------------------------------------------------- nearest upsample ×2 then 3×3 conv (padding 1)
+# Output pixel (2i + r, 2j + s) of conv3x3(upsample2(x)) only sees the low-resolution pixels
+# rows {i − 1, i} (r = 0) or {i, i + 1} (r = 1), and columns likewise: it is a 2×2 conv of x
+# whose taps are sums of the 3×3 taps that land on the same low-resolution pixel,
+# P_rs[a, b] = Σ_uv R_r[a, u]·R_s[b, v]·K[u, v]. Four such parity convs cost 4·4 = 16 taps per
+# low-resolution pixel instead of 4·9 = 36 (2.25× fewer FLOPs); their backward (input and
+# kernel gradients) are again 2×2 convs on the low-resolution grid.
+_PARITY_TAPS = ((( 1, 0, 0), (0, 1, 1)),   # R_0: rows i − 1 ← K row 0; row i ← K rows 1 + 2
+                (( 1, 1, 0), (0, 0, 1)))   # R_1: row i ← K rows 0 + 1; row i + 1 ← K row 2
+_PARITY_PAD = ((1, 0), (0, 1))  # low-resolution padding of parity 0 / 1 (2×2 window)
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_KERNEL_GRAD_DN = ('CHWN', 'IHWO', 'HWNC')  # batch contracted: (N,H,W,Ci) ⋆ (N,H,W,Co) → HWIO
+
+
+def upsample2(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour ×2: (N, H, W, C) → (N, 2H, 2W, C)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def upsample2_conv3x3_plain(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv3x3(upsample2(x)), padding 1: (N, H, W, Ci), HWIO (3, 3, Ci, Co) → (N, 2H, 2W, Co)."""
+  return jax.lax.conv_general_dilated(upsample2(x), kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=_NHWC)
+
+
+def parity_kernels(kernel: jax.Array) -> jax.Array:
+  """(3, 3, Ci, Co) → (2, 2, 2, 2, Ci, Co) [r, s, a, b]: P_rs[a, b] = Σ_uv R_r[a,u] R_s[b,v] K[u,v]."""
+  taps = jnp.asarray(_PARITY_TAPS, kernel.dtype)
+  return jnp.einsum('rau,sbv,uvio->rsabio', taps, taps, kernel)
+
+
+def _parity_conv(x, p, r, s):
+  return jax.lax.conv_general_dilated(x, p[r, s], (1, 1), (_PARITY_PAD[r], _PARITY_PAD[s]),
+                                      dimension_numbers=_NHWC)
+
+
+@jax.custom_vjp
+def _upsample2_conv_parity(x: jax.Array, p: jax.Array) -> jax.Array:
+  n, h, w, _ = x.shape
+  y = jnp.stack([jnp.stack([_parity_conv(x, p, r, s) for s in range(2)], 3) for r in range(2)], 2)
+  return y.reshape(n, 2 * h, 2 * w, p.shape[-1])  # (N, H, 2, W, 2, Co) → (N, 2H, 2W, Co)
+
+
+def _upsample2_conv_parity_fwd(x, p):
+  return _upsample2_conv_parity(x, p), (x, p)
+
+
+def _upsample2_conv_parity_bwd(res, dy):
+  x, p = res
+  n, h, w, _ = x.shape
+  dy = dy.reshape(n, h, 2, w, 2, p.shape[-1])
+  dx, dp = 0, [[None, None], [None, None]]
+  for r in range(2):
+    for s in range(2):
+      g = dy[:, :, r, :, s]
+      # input gradient: the transposed 2×2 conv (flipped taps, in/out swapped, mirrored padding)
+      dx = dx + jax.lax.conv_general_dilated(
+          g, jnp.swapaxes(p[r, s, ::-1, ::-1], 2, 3), (1, 1),
+          (_PARITY_PAD[1 - r], _PARITY_PAD[1 - s]), dimension_numbers=_NHWC)
+      # kernel gradient: x ⋆ g contracted over (N, H, W), a 2×2 window
+      dp[r][s] = jax.lax.conv_general_dilated(
+          x, g, (1, 1), (_PARITY_PAD[r], _PARITY_PAD[s]), dimension_numbers=_KERNEL_GRAD_DN)
+  return dx, jnp.stack([jnp.stack(row) for row in dp])
+
+
+_upsample2_conv_parity.defvjp(_upsample2_conv_parity_fwd, _upsample2_conv_parity_bwd)
+
+
+def upsample2_conv3x3_parity(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The same function as `upsample2_conv3x3_plain`, computed on the low-resolution grid as
+  four 2×2 parity convs (forward and backward; the kernel gradient flows back to the 3×3
+  kernel through `parity_kernels`)."""
+  return _upsample2_conv_parity(x, parity_kernels(kernel))
+
+
+UPSAMPLE_CONVS = {'plain': upsample2_conv3x3_plain, 'parity': upsample2_conv3x3_parity}
+
+
+class UpsampleConv(nn.Module):
+  """Nearest ×2 upsampling then a 3×3 conv (padding 1) with optional bias:
+  (N, H, W, Ci) → (N, 2H, 2W, `features`). Parameters as `Conv(features, 3)` (HWIO `kernel`,
+  `bias`); `method` 'plain' (upsample, then conv) or 'parity' (the same function on the
+  low-resolution grid, 2.25× fewer FLOPs)."""
+  features: int
+  method: str = 'parity'
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.kaiming_uniform(),
+                        (3, 3, x.shape[-1], self.features))
+    y = UPSAMPLE_CONVS[self.method](x, kernel.astype(x.dtype))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return y
+
+
 class Dense(nn.Module):
   """Fully connected layer, kernel (in, out), with an optional kernel quantizer."""
   features: int

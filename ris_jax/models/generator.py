@@ -1,7 +1,9 @@
 """Conditional generators G(z, ỹ) (method.md, "Generator"); BN always in batch-statistics mode.
 
 Both take z (B, latent) and soft labels ỹ (B, C) (one-hot for hard labels) and return images
-(B, H, W, channels) in the teacher's normalized input space.
+(B, H, W, channels) in the teacher's normalized input space. `upsample_conv` chooses how each
+"×2 → conv" is computed ('parity' | 'plain', `layers.UpsampleConv`; the same function and
+parameters either way).
 """
 from __future__ import annotations
 
@@ -9,11 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ris_jax.layers import BatchNorm, Conv
-
-
-def _upsample2(x):
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+from ris_jax.layers import BatchNorm, Conv, UpsampleConv
 
 
 class GDFQGenerator(nn.Module):
@@ -25,6 +23,7 @@ class GDFQGenerator(nn.Module):
   channels: int = 3
   latent_dim: int = 100
   width: int = 128
+  upsample_conv: str = 'parity'
 
   @nn.compact
   def __call__(self, z: jax.Array, soft_labels: jax.Array) -> jax.Array:
@@ -34,9 +33,9 @@ class GDFQGenerator(nn.Module):
     h = z * (soft_labels @ embedding)
     h = nn.Dense(self.width * s * s, name='fc')(h).reshape(-1, s, s, self.width)
     h = BatchNorm(use_running_average=False, name='bn0')(h)
-    h = Conv(self.width, 3, use_bias=True, name='conv1')(_upsample2(h))
+    h = UpsampleConv(self.width, self.upsample_conv, name='conv1')(h)
     h = nn.leaky_relu(BatchNorm(use_running_average=False, epsilon=0.8, name='bn1')(h), 0.2)
-    h = Conv(self.width // 2, 3, use_bias=True, name='conv2')(_upsample2(h))
+    h = UpsampleConv(self.width // 2, self.upsample_conv, name='conv2')(h)
     h = nn.leaky_relu(BatchNorm(use_running_average=False, epsilon=0.8, name='bn2')(h), 0.2)
     h = jnp.tanh(Conv(self.channels, 3, use_bias=True, name='conv3')(h))
     return BatchNorm(use_running_average=False, use_scale=False, use_bias=False, name='bn_out')(h)
@@ -66,15 +65,16 @@ class ConditionalBNGenerator(nn.Module):
   channels: int = 3
   latent_dim: int = 100
   width: int = 128
+  upsample_conv: str = 'parity'
 
   @nn.compact
   def __call__(self, z: jax.Array, soft_labels: jax.Array) -> jax.Array:
     s = self.image_size // 4
     h = nn.Dense(self.width * s * s, name='fc')(z).reshape(-1, s, s, self.width)
     h = ConditionalBN(self.num_classes, name='cbn0')(h, soft_labels)
-    h = Conv(self.width, 3, use_bias=True, name='conv1')(_upsample2(h))
+    h = UpsampleConv(self.width, self.upsample_conv, name='conv1')(h)
     h = nn.leaky_relu(ConditionalBN(self.num_classes, 0.8, name='cbn1')(h, soft_labels), 0.2)
-    h = Conv(self.width // 2, 3, use_bias=True, name='conv2')(_upsample2(h))
+    h = UpsampleConv(self.width // 2, self.upsample_conv, name='conv2')(h)
     h = nn.leaky_relu(ConditionalBN(self.num_classes, 0.8, name='cbn2')(h, soft_labels), 0.2)
     h = jnp.tanh(Conv(self.channels, 3, use_bias=True, name='conv3')(h))
     return BatchNorm(use_running_average=False, use_scale=False, use_bias=False, name='bn_out')(h)
