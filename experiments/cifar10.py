@@ -92,7 +92,9 @@ class Experiment:
     w = self.train_dir(arch, bits, method, seed)
     return self.run(f'{method.upper()} {arch} {bits} seed {seed}',
                     ['-m', 'ris_jax.main', '--config', self.config(arch, bits, extra),
-                     '--workdir', w, f'--config.seed={seed}'] + self.overrides(arch),
+                     '--workdir', w, f'--config.seed={seed}',
+                     # the table's runs were made with the plain upsample+conv generator layer
+                     '--config.generator.upsample_conv=plain'] + self.overrides(arch),
                     os.path.join(w, 'results.json'))
 
   def train_dir(self, arch, bits, method, seed):

@@ -31,6 +31,8 @@ class TrainingDiverged(UserError):
 
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline')
+# Fields added after runs were recorded: the value a config.json without them ran with.
+_ADDED_FIELDS = {'quant.bits': '', 'generator.upsample_conv': 'plain'}
 # Config sections read only in the mode of the same name.
 _MODE_SECTIONS = ('ptq', 'dfkd')
 
@@ -74,7 +76,7 @@ def _config_diff(config, workdir: str):
     return []
   try:
     with open(path) as f:
-      old = _flat(ml_collections.ConfigDict(json.load(f)))
+      old = {**_ADDED_FIELDS, **_flat(ml_collections.ConfigDict(json.load(f)))}
   except (ValueError, TypeError, AttributeError) as e:
     return [f'config.json: unreadable ({type(e).__name__})']
   new = _flat(config)

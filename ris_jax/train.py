@@ -173,7 +173,9 @@ def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Mo
                 for tag, qspec in quant_specs(config).items()}
   g = config.generator
   generator = GENERATORS[g.kind](num_classes=spec.num_classes, image_size=spec.image_size,
-                                 channels=spec.in_channels, latent_dim=g.latent_dim, width=g.width, upsample_conv=g.upsample_conv)
+                                 channels=spec.in_channels, latent_dim=g.latent_dim, width=g.width,
+                                 # a run recorded before the option existed used 'plain'
+                                 upsample_conv=g.get('upsample_conv', 'plain'))
   rng = jax.random.PRNGKey(config.seed)
   init_rng, rng = jax.random.split(rng)
   gen_vars = generator.init(init_rng, jnp.zeros((2, g.latent_dim)),
