@@ -3,12 +3,14 @@ port, CPU collectives over gloo) against one process with the same devices in al
 cache, `eval_teacher`, `ptq` and training (losses at every step, accuracy, samples, files
 written once, kill -9 of every process after a checkpoint and resumption, export).
 
-The reference for N processes × D devices is 1 process × N·D devices: the same global batch
-split over the same number of devices, so the two runs execute the same partitioned programs
-and differ only in how the all-reduces travel (in-process or between processes). That 1 and
-N·D devices agree is tests/test_train.py's business.
+The reference for training with N processes × D devices is 1 process × N·D devices: the same
+global batch split over the same number of devices, so the two runs execute the same
+partitioned programs and differ only in how the all-reduces travel (in-process or between
+processes). That 1 and N·D devices agree is tests/test_train.py's business. Evaluation and PTQ
+(per-example predictions) are compared with this (1-device) test process.
 
-Every run is a subprocess (`python -m ris_jax.main`) sharing the session's compilation cache.
+Every multi-process run is a set of subprocesses (`python -m ris_jax.main`) sharing the
+session's compilation cache.
 """
 import json
 import os
@@ -45,9 +47,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main')):
+def launch(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main'), slurm=True):
   """Runs `python SCRIPT ARGS` as `processes` processes of `devices` CPU devices each (with
-  --config.distributed=True and a SLURM-style environment when more than one); returns
+  --config.distributed=True and a SLURM-style environment when more than one, or, not
+  `slurm`, JAX_NUM_PROCESSES and JAX_PROCESS_ID as in the README); returns
   [(exit code, stdout, stderr)] in process order."""
   procs = []
   port = free_port()
@@ -55,9 +58,12 @@ def launch(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main')):
     env = subprocess_env(cache, devices)
     extra = []
     if processes > 1:
-      env.update(SLURM_JOB_ID='1', SLURM_NTASKS=str(processes), SLURM_PROCID=str(i),
-                 SLURM_LOCALID=str(i), SLURM_STEP_NODELIST='localhost',
-                 JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}')
+      env['JAX_COORDINATOR_ADDRESS'] = f'127.0.0.1:{port}'
+      if slurm:
+        env.update(SLURM_JOB_ID='1', SLURM_NTASKS=str(processes), SLURM_PROCID=str(i),
+                   SLURM_LOCALID=str(i), SLURM_STEP_NODELIST='localhost')
+      else:
+        env.update(JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
       extra = ['--config.distributed=True']
     procs.append(subprocess.Popen([sys.executable, *script, *args, *extra], cwd=REPO, env=env,
                                   text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -129,18 +135,22 @@ def assert_files_written_once(workdir):
 @pytest.fixture(scope='module')
 def teacher(compile_cache, tmp_path_factory):
   """`eval_teacher` as 2 processes with no teacher given: the digits teacher is trained (2
-  epochs) by both, cached by process 0, and evaluated; then `eval_teacher` in 1 process of 2
-  devices from that cache."""
+  epochs) by both, cached by process 0, and evaluated; then the same evaluation of that cache
+  in this process."""
+  from ris_jax import convert, evaluation
   root = tmp_path_factory.mktemp('multihost_teacher')
   cache = root / 'cache'
   args = ['--config', 'configs/demo.py', '--config.mode=eval_teacher',
           f'--config.teacher.cache_dir={cache}', '--config.teacher_training.epochs=2', *EVAL]
   two = ok(launch(args + [f'--workdir={root / "w2"}'], compile_cache, processes=2))
-  one = ok(launch(args + [f'--workdir={root / "w1"}'], compile_cache, devices=2))
   entries = sorted(os.listdir(cache))
   assert len(entries) == 1, entries
+  arch, variables = convert.load_variables(str(cache / entries[0]))
+  correct, total = evaluation.correct_and_total(convert.spec_or_error(arch).module(), variables,
+                                                'digits', 'test', 100)
   return {'dir': str(cache / entries[0]), 'two': [printed(o) for _, o, _ in two],
-          'one': printed(one[0][1]), 'stdout': [o for _, o, _ in two]}
+          'one': {'teacher_top1': 100.0 * correct / total, 'eval_examples': total},
+          'stdout': [o for _, o, _ in two]}
 
 
 def test_teacher_cache_trained_once_and_eval_teacher_counts_each_example_once(teacher):
@@ -157,12 +167,23 @@ def test_teacher_cache_trained_once_and_eval_teacher_counts_each_example_once(te
 
 
 def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
-  args = ['--config', 'configs/ptq_digits.py', f'--config.teacher.checkpoint={teacher["dir"]}',
-          '--config.quant.w_bits=4', '--config.quant.a_bits=4', '--config.ptq.source=noise',
-          '--config.ptq.calibration_batches=2', '--config.ptq.batch_size=32',
-          '--config.ptq.clip_batches=2', '--config.ptq.clip_grid=(1.0,0.9,0.8)', *EVAL]
+  """configs/ptq_digits.py (W4A4, noise calibration, weight clipping) as 2 processes and, as
+  the reference, `ptq.run` in this process."""
+  from configs import ptq_digits
+  from ris_jax import ptq
+  overrides = {'teacher.checkpoint': teacher['dir'], 'quant.w_bits': 4, 'quant.a_bits': 4,
+               'ptq.calibration_batches': 2, 'ptq.batch_size': 32, 'ptq.clip_batches': 2,
+               'ptq.clip_grid': (1.0, 0.9, 0.8), 'data.eval_batch_size': 100}
+  args = ['--config', 'configs/ptq_digits.py', *(f'--config.{k}={v}' for k, v in overrides.items())]
   ok(launch(args + [f'--workdir={tmp_path / "two"}'], compile_cache, processes=2))
-  ok(launch(args + [f'--workdir={tmp_path / "one"}'], compile_cache, devices=2))
+  config = ptq_digits.get_config()
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  ptq.run(config, str(tmp_path / 'one'))
   two, one = results(tmp_path / 'two'), results(tmp_path / 'one')
   assert sorted(os.listdir(tmp_path / 'two')) == ['config.json', 'results.json']
   assert two == one
@@ -176,7 +197,7 @@ def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
 def training(teacher, compile_cache, tmp_path_factory):
   """The tiny run as 2 processes × 1 device (A), as 1 process × 2 devices (R), and as
   2 processes killed (SIGKILL, all of them) right after the checkpoint of step 2 then rerun
-  (B); A and R exported."""
+  (B); A exported by `python -m ris_jax.export`, R by `export.export_student` here."""
   root = tmp_path_factory.mktemp('multihost_training')
   args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}']
   w = {name: str(root / name) for name in ('A', 'R', 'B')}
@@ -188,9 +209,10 @@ def training(teacher, compile_cache, tmp_path_factory):
   out['killed_steps'] = sorted(os.listdir(os.path.join(w['B'], 'checkpoints')))
   out['killed_results'] = os.path.exists(os.path.join(w['B'], 'results.json'))
   out['B'] = ok(launch(args + [f'--workdir={w["B"]}'], compile_cache, processes=2))
-  for name in ('A', 'R'):
-    ok(launch(['--workdir', w[name], '--out', str(root / f'export_{name}')], compile_cache,
-              script=('-m', 'ris_jax.export')))
+  ok(launch(['--workdir', w['A'], '--out', str(root / 'export_A')], compile_cache,
+            script=('-m', 'ris_jax.export')))
+  from ris_jax import export, loop
+  export.export_student(*loop.load_student(w['R']), str(root / 'export_R'))
   return {'workdirs': w, 'out': out, 'root': root}
 
 
@@ -281,8 +303,9 @@ def test_unreachable_coordinator_and_indivisible_batch_are_one_line_errors(compi
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith('error: process 1 cannot reach the coordinator at 127.0.0.1:')
+  # Launched as the README shows for local processes (JAX_NUM_PROCESSES, JAX_PROCESS_ID).
   runs = launch(TINY + ['--config.train.batch_size=15', f'--workdir={tmp_path / "b"}'],
-                compile_cache, processes=2)
+                compile_cache, processes=2, slurm=False)
   for rc, _, stderr in runs:
     lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith('[Gloo]')]
     assert rc == 2 and len(lines) == 1, stderr[-3000:]
