@@ -10,7 +10,14 @@ def get_config():
   c.seed = 0
   c.overwrite = False  # True: a workdir holding a run of another config is cleared and started afresh
   c.run_baseline = False  # also run the GDFQ baseline (RIS terms off) in workdir/gdfq
-  c.distributed = False  # multi-host (TPU pod, SLURM): call jax.distributed.initialize()
+  c.distributed = False  # several processes (TPU pod, SLURM, GPU cluster, local): see README
+  # Where the processes find each other when JAX cannot detect it (Cloud TPU, SLURM and Open
+  # MPI need none of this). Empty / None: the environment variable named, else auto-detection.
+  c.cluster = ml_collections.ConfigDict()
+  c.cluster.coordinator_address = ''  # process 0's host:port (JAX_COORDINATOR_ADDRESS)
+  c.cluster.num_processes = ml_collections.config_dict.placeholder(int)  # JAX_NUM_PROCESSES
+  c.cluster.process_id = ml_collections.config_dict.placeholder(int)  # JAX_PROCESS_ID
+  c.cluster.timeout_s = 300  # how long a process waits for the coordinator
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.arch = 'resnet20_cifar10'

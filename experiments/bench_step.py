@@ -5,6 +5,7 @@
     python experiments/bench_step.py --pin-core 0          # both frameworks on one core
     python experiments/bench_step.py --arch resnet18       # ResNet-18 at 224, batch 16 (slow)
     python experiments/bench_step.py --also ''             # the main configuration only
+    python experiments/bench_step.py --students w4a4,w3a3  # 2 students on 1 generator vs 2 runs
 
 Times the fine-tuning phase (generator step + student step, activation ranges calibrated and
 frozen: 79 200 of the 80 000 iterations of a CIFAR run), after compilation, as the median of
@@ -59,6 +60,9 @@ def parse_args(argv=None):
                       "(comma-separated; '' for none)")
   p.add_argument('--also-steps', type=int, default=3,
                  help='timed iterations per framework of each --also configuration')
+  p.add_argument('--students', default=None, metavar='BITS,BITS',
+                 help='instead: time one run of these students (e.g. w4a4,w3a3) against the '
+                      'same bit-widths as single runs (issue: one generator, several students)')
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                  help='override a config field of the JAX side, e.g. generator.upsample_conv=plain')
   return p.parse_args(argv)
@@ -104,9 +108,13 @@ class JaxStep:
     self.t_vars, state = train.replicate(teacher_vars, mesh), train.replicate(state, mesh)
     images = train.generate(self.models, state, jnp.arange(batch_size) % spec.num_classes,
                             jax.random.PRNGKey(1))
-    calibrated = jax.jit(lambda v, x: student.calibrate_step(self.models.student, v, x)[1])(
-        train.student_variables(state, self.t_vars), images)
-    self.state = state.replace(quant_ranges=calibrated['quant_ranges'])
+    ranges = {}
+    for tag in self.models.tags:  # every student's ranges calibrated on the same batch
+      module = self.models.student_module(tag)
+      ranges[tag] = jax.jit(lambda v, x, m=module: student.calibrate_step(m, v, x)[1])(
+          train.student_variables(state, self.t_vars, tag=tag), images)['quant_ranges']
+    self.state = state.replace(quant_ranges=ranges)
+    self.images = images
     self.margins = jnp.zeros(2)
     step = train.jit_ris_step(self.models, batch_size, mesh)
     start = time.perf_counter()
@@ -122,6 +130,61 @@ class JaxStep:
     import jax
     self.state, metrics = self.compiled(self.state, self.t_vars, self.margins)
     return jax.block_until_ready(metrics)
+
+
+def bench_students(args) -> dict:
+  """One run of several students (`--students w4a4,w3a3`: one generator step, one student step
+  per bit-width) against the same bit-widths as single runs, and the extra student's own
+  forward + backward pass, interleaved in rounds; wall ms per iteration (medians)."""
+  import jax
+  from configs import default
+  from ris_jax import convert, train
+  from ris_jax.models import get_arch
+  spec = get_arch(args.arch)
+  batch_size = args.batch_size or PRESETS[args.arch]['batch_size']
+  import torch
+  torch.manual_seed(args.seed)
+  t_vars = convert.torch_to_flax(spec, spec.torch_model().state_dict())
+  tags = args.students.split(',')
+
+  def config(bits):
+    c = default.get_config()
+    c.seed, c.train.batch_size = args.seed, batch_size
+    c.generator.kind = PRESETS[args.arch]['generator']
+    c.quant.bits = bits
+    return apply_overrides(c, args.set)
+
+  runs = {'together': JaxStep(config(','.join(tags)), spec, t_vars, batch_size)}
+  runs.update({tag: JaxStep(config(tag), spec, t_vars, batch_size) for tag in tags})
+  # The last student's forward + backward alone (what a further student should cost).
+  extra = runs[tags[-1]]
+  args_ = (extra.models, extra.t_vars, extra.state.quant_ranges[tags[-1]], extra.images,
+           jax.numpy.zeros(batch_size, jax.numpy.int32),
+           extra.models.teacher.apply(extra.t_vars, extra.images), False, tags[-1])
+  grad = jax.jit(jax.value_and_grad(train.student_loss, has_aux=True), static_argnums=(1, 7, 8))
+  student_params = extra.state.student[tags[-1]]
+  timers = {name: r.run for name, r in runs.items()}
+  timers['student_fwd_bwd'] = lambda: jax.block_until_ready(grad(student_params, *args_))
+  for fn in timers.values():
+    for _ in range(args.warmup):
+      fn()
+  times = {name: [] for name in timers}
+  for _ in range(args.rounds):
+    for name, fn in timers.items():
+      for _ in range(max(1, args.steps // args.rounds)):
+        start = time.perf_counter()
+        fn()
+        times[name].append(1e3 * (time.perf_counter() - start))
+  ms = {name: float(np.median(t)) for name, t in times.items()}
+  single_sum = sum(ms[tag] for tag in tags)
+  return {'students': tags, 'arch': args.arch, 'batch_size': batch_size,
+          'together_ms': round(ms['together'], 1),
+          'single_ms': {tag: round(ms[tag], 1) for tag in tags},
+          'singles_sum_ms': round(single_sum, 1),
+          'together_vs_singles': round(ms['together'] / single_sum, 3),
+          'extra_student_ms': round(ms['together'] - ms[tags[0]], 1),
+          'student_fwd_bwd_ms': round(ms['student_fwd_bwd'], 1),
+          'load_avg': os.getloadavg(), 'steps_per_config': len(times['together'])}
 
 
 def run_also(args) -> dict:
@@ -164,6 +227,9 @@ def main(argv=None):
   if args.omp_wait_policy != 'unset':
     os.environ.setdefault('OMP_WAIT_POLICY', args.omp_wait_policy)
   sys.path.insert(0, ROOT)
+  if args.students:
+    print(json.dumps(bench_students(args)))
+    return
   import jax
   import torch
   from configs import default

@@ -185,22 +185,29 @@ def load_teacher(arch: Union[str, ArchSpec], path_or_state_dict):
   return spec.module(), torch_to_flax(spec, path_or_state_dict)
 
 
-def save_variables(directory: str, arch: str, variables: Mapping[str, Any]) -> None:
-  """Writes Flax variables as an orbax checkpoint under `directory/variables` plus
-  `directory/arch.json`."""
+def save_variables(directory: str, arch: str, variables: Mapping[str, Any],
+                   only_this_process: bool = False) -> None:
+  """Writes Flax variables (as host arrays) as an orbax checkpoint under
+  `directory/variables` plus `directory/arch.json`. In a multi-process run, every process
+  calls it together, or (`only_this_process`) one process alone."""
   import orbax.checkpoint as ocp
+  from ris_jax import distributed
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   target = os.path.join(directory, 'variables')
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(target, {c: variables[c] for c in COLLECTIONS}, force=True)
+  host = distributed.to_host({c: variables[c] for c in COLLECTIONS})
+  options = distributed.orbax_options(only_this_process)
+  with ocp.StandardCheckpointer(multiprocessing_options=options) as ckptr:
+    ckptr.save(target, host, force=True)
   with open(os.path.join(directory, 'arch.json'), 'w') as f:
     json.dump({'arch': arch}, f)
 
 
 def load_variables(directory: str, arch: Union[str, None] = None):
-  """Reads what `save_variables` wrote; checks the arch if given. Returns (arch, variables)."""
+  """Reads what `save_variables` wrote; checks the arch if given. Returns (arch, variables),
+  replicated on the global mesh (every process of a multi-process run calls it together)."""
   import orbax.checkpoint as ocp
+  from ris_jax import distributed
   directory = os.path.abspath(directory)
   meta_path = os.path.join(directory, 'arch.json')
   if not os.path.isfile(meta_path) or not os.path.isdir(os.path.join(directory, 'variables')):
@@ -211,7 +218,8 @@ def load_variables(directory: str, arch: Union[str, None] = None):
   if arch is not None and saved_arch != arch:
     raise UserError(f"{directory} holds arch '{saved_arch}', not '{arch}'")
   spec = spec_or_error(saved_arch)
-  template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+  sharding = distributed.replicated()
+  template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                           variables_template(spec))
   with ocp.StandardCheckpointer() as ckptr:
     variables = ckptr.restore(os.path.join(directory, 'variables'), template)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 
 class UserError(Exception):
@@ -22,6 +23,11 @@ def exit_with_error(error) -> None:
   failed restore) would print their own tracebacks."""
   sys.stdout.flush()
   print(f'error: {error}', file=sys.stderr, flush=True)
+  jax = sys.modules.get('jax')
+  if jax is not None and jax.distributed.is_initialized() and jax.process_index() == 0:
+    # Process 0 serves the coordinator: the other processes, which meet the same error,
+    # exit first (without it they abort, printing JAX's "another task died" trace).
+    time.sleep(3.0)
   os._exit(2)
 
 

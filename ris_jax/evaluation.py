@@ -2,35 +2,51 @@
 from __future__ import annotations
 
 import functools
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ris_jax import data
+from ris_jax import data, distributed
 
 
 @functools.lru_cache(maxsize=32)
-def _predictor(module):
-  """Jitted argmax of `module.apply`, one per module, so evaluations do not recompile."""
-  return jax.jit(lambda v, x: jnp.argmax(module.apply(v, x), -1))
+def _counter(module):
+  """Jitted (correct, counted) of a batch, one per module, so evaluations do not recompile:
+  Σ mask·[argmax module.apply(v, x) = y] and Σ mask, replicated on every device."""
+  def count(variables, images, labels, mask):
+    hit = (jnp.argmax(module.apply(variables, images), -1) == labels) & mask
+    return jnp.stack([jnp.sum(hit), jnp.sum(mask)])
+  return jax.jit(count, out_shardings=distributed.replicated())
+
+
+def correct_and_total(module, variables, dataset: str, split: str = 'test',
+                      batch_size: int = 500, data_dir=None, normalization=None) -> Tuple[int, int]:
+  """(correct top-1 predictions, examples) of `module.apply(variables, x)` over every example
+  of the split, data-parallel over every device of every process. `batch_size` is the global
+  batch: each of P processes reads ⌈batch_size / P⌉ (rounded up to its device count) of its
+  examples i, i + P, … per batch, padded (masked) so that all run the same number of equally
+  shaped batches; each example is counted once. `normalization`: the teacher's (mean, std)."""
+  count = _counter(module)
+  variables = distributed.replicate(variables)
+  local = distributed.local_batch_size(batch_size)
+  totals = np.zeros(2, np.int64)
+  for batch in data.eval_batches(dataset, split, local, data_dir, pad=True,
+                                 normalization=normalization):
+    batch = distributed.shard_batch(batch)
+    totals += distributed.to_host(count(variables, batch['image'], batch['label'], batch['mask']))
+  return int(totals[0]), int(totals[1])
 
 
 def accuracy(module, variables, dataset: str, split: str = 'test', batch_size: int = 500,
              data_dir=None, normalization=None) -> float:
   """Top-1 (%) of `module.apply(variables, x)` on every example of the split, its images
-  normalized with `normalization` (the teacher's (mean, std); default the dataset's); each
-  host evaluates its shard and the counts are summed over hosts."""
-  predict = _predictor(module)
-  counts = np.zeros(2, np.int64)
-  for batch in data.eval_batches(dataset, split, batch_size, data_dir,
-                                 normalization=normalization):
-    counts += (int(np.sum(np.asarray(predict(variables, batch['image'])) == batch['label'])),
-               len(batch['label']))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, 2).sum(0)
-  return 100.0 * counts[0] / max(counts[1], 1)
+  normalized with `normalization` (the teacher's (mean, std); default the dataset's)
+  (`correct_and_total`)."""
+  correct, total = correct_and_total(module, variables, dataset, split, batch_size, data_dir,
+                                     normalization)
+  return 100.0 * correct / max(total, 1)
 
 
 def split_accuracy(config, spec, module, variables) -> float:

@@ -22,15 +22,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from ris_jax import evaluation, teacher, train
+from ris_jax import distributed, evaluation, teacher, train
 from ris_jax.errors import UserError
 
 class TrainingDiverged(UserError):
   """A loss became NaN/Inf; the run stops, keeping the last good checkpoint."""
 
 
-# Fields that may differ between a run and its resumption.
-_RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline')
+# Fields that may differ between a run and its resumption (and between its processes).
+_RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline', 'distributed')
+_LAUNCH_SECTION = 'cluster.'  # how the processes find each other
 # Fields added after runs were recorded: the value a config.json without them ran with.
 _ADDED_FIELDS = {'quant.bits': '', 'generator.upsample_conv': 'plain'}
 # Config sections read only in the mode of the same name.
@@ -48,7 +49,7 @@ def _flat(config) -> Dict[str, Any]:
   walk(json.loads(config.to_json()), '')
   # The sections of the other modes do not make a run another config (nor do they exist in
   # config.json files written before those sections were added).
-  unused = tuple(f'{m}.' for m in _MODE_SECTIONS if m != out.get('mode'))
+  unused = tuple(f'{m}.' for m in _MODE_SECTIONS if m != out.get('mode')) + (_LAUNCH_SECTION,)
   return {k: v for k, v in out.items() if k not in _RESUMABLE_FIELDS and not k.startswith(unused)}
 
 
@@ -116,9 +117,7 @@ def check_workdir(config, workdir: str) -> None:
       _clear_run(workdir)
     os.makedirs(workdir, exist_ok=True)
     write_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices('ris_jax.check_workdir')
+  distributed.barrier('ris_jax.check_workdir')
 
 
 class MetricsWriter:
@@ -169,7 +168,10 @@ def restore_latest(manager: ocp.CheckpointManager, state: train.RISState):
   step = manager.latest_step()
   if step is None:
     return state, None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  # Restored replicated onto the global mesh, whatever mesh or process count saved it.
+  sharding = distributed.replicated()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          state)
   failure, stderr = None, sys.stderr
   sys.stderr = captured = io.StringIO()
   try:
@@ -199,9 +201,12 @@ def restore_latest(manager: ocp.CheckpointManager, state: train.RISState):
 
 
 def _sample_png(models, state, workdir, normalization, step, seed):
+  """Every process generates the grid (the same program on all); process 0 writes it."""
   labels = jnp.repeat(jnp.arange(models.num_classes)[:min(models.num_classes, 10)], 8)
-  images = np.asarray(jax.jit(train.generate, static_argnums=0)(
-      models, state, labels, jax.random.PRNGKey(seed)))
+  images = distributed.to_host(jax.jit(train.generate, static_argnums=0)(
+      models, state, distributed.replicate(labels), distributed.replicate(jax.random.PRNGKey(seed))))
+  if not distributed.is_primary():
+    return
   tmp = os.path.join(workdir, f'.samples.tmp{os.getpid()}.png')  # written whole, then renamed
   evaluation.save_sample_grid(tmp, images, np.asarray(labels), normalization,
                               title=f'synthetic images, step {step}')
@@ -311,10 +316,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
           entry = meta['students'][tag]
           entry['student_top1_best'] = max(entry['student_top1_best'] or 0.0, top1[tag])
       writer.write(done, **{name('student_top1', tag): top1[tag] for tag in tags})
-      bar.write(f'step {done}: student top-1 ' + ', '.join(
-          f'{tag} {top1[tag]:.2f}%' for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
-      if jax.process_index() == 0:
-        _sample_png(models, state, workdir, spec.normalization, done, config.seed)
+      if distributed.is_primary():
+        bar.write(f'step {done}: student top-1 ' + ', '.join(
+            f'{tag} {top1[tag]:.2f}%' for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
+      _sample_png(models, state, workdir, spec.normalization, done, config.seed)
     if save_now:
       meta['wall_s'] = meta['wall_s'] + time.time() - start_time
       start_time = time.time()

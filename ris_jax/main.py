@@ -19,9 +19,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def run(config, workdir: str) -> dict:
   """Dispatches on `config.mode`; returns the results dict."""
   from ris_jax import config as config_lib, loop, teacher
-  if config.distributed:  # before anything initializes a jax backend (validate counts devices)
-    import jax
-    jax.distributed.initialize()
+  from ris_jax import distributed
+  distributed.initialize(config)  # before anything starts a jax backend (validate counts devices)
   config_lib.validate(config)
   if config.mode in config_lib.TRAINING_MODES:
     if config.method == 'gdfq':
@@ -47,8 +46,10 @@ def run(config, workdir: str) -> dict:
   if config.mode == 'eval_teacher':
     from ris_jax import evaluation
     spec, module, variables = teacher.get_teacher(config)
-    top1 = evaluation.split_accuracy(config, spec, module, variables)
-    return {'teacher_top1': top1}
+    d = config.data
+    correct, examples = evaluation.correct_and_total(
+        module, variables, d.dataset, d.split, d.eval_batch_size, d.data_dir, spec.normalization)
+    return {'teacher_top1': 100.0 * correct / examples, 'eval_examples': examples}
   if config.mode == 'ptq':
     from ris_jax import ptq
     return ptq.run(config, workdir)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ris_jax import data, evaluation, student, teacher, train
+from ris_jax import data, distributed, evaluation, student, teacher, train
 from ris_jax.errors import UserError
 
 GENERATOR_PREFIX = 'generator:'
@@ -160,10 +160,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
   loop.check_workdir(config, workdir)
   acc = lambda m, v: evaluation.split_accuracy(config, spec, m, v)
   module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
-  batches = list(calibration_images(config, spec))
+  batches = [distributed.replicate(b) for b in calibration_images(config, spec)]
   variables = student.calibrate(module, variables, batches)
   p = config.ptq
-  results = {'teacher_top1': acc(t_module, t_vars), 'source': p.source,
+  d = config.data
+  correct, examples = evaluation.correct_and_total(t_module, t_vars, d.dataset, d.split,
+                                                   d.eval_batch_size, d.data_dir,
+                                                   spec.normalization)
+  results = {'teacher_top1': 100.0 * correct / examples, 'eval_examples': examples,
+             'source': p.source,
              'w_bits': config.quant.w_bits, 'a_bits': config.quant.a_bits, 'seed': config.seed,
              'calibration_images': p.batch_size * p.calibration_batches,
              'top1_calibrated': acc(module, variables)}

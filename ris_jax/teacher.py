@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from ris_jax import convert, data, evaluation, losses
+from ris_jax import convert, data, distributed, evaluation, losses
 from ris_jax.errors import UserError
 from ris_jax.models import get_arch
 
@@ -79,15 +79,19 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
         jax.random.fold_in(rng, i))
     if i % 20 == 0:
       bar.set_postfix(loss=f'{float(loss):.3f}')
-  variables = {'params': params, 'batch_stats': batch_stats}
+  # Every process trained the same teacher; process 0's copy is the one (hosts may round
+  # differently), and only process 0 writes it.
+  variables = distributed.broadcast(jax.device_get({'params': params, 'batch_stats': batch_stats}))
   result = {'arch': spec.name, 'dataset': config.data.dataset,
             'test_top1': evaluation.accuracy(module, variables, config.data.dataset, 'test',
                                              data_dir=config.data.get('data_dir'),
                                              normalization=spec.normalization),
             'steps': total_steps, 'wall_s': round(time.time() - start, 1)}
-  convert.save_variables(out_dir, spec.name, variables)
-  with open(os.path.join(out_dir, 'teacher_results.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  if distributed.is_primary():
+    convert.save_variables(out_dir, spec.name, variables, only_this_process=True)
+    with open(os.path.join(out_dir, 'teacher_results.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  distributed.barrier('ris_jax.train_teacher.saved')
   return result
 
 
@@ -145,7 +149,8 @@ def cache_path(config) -> str:
 def get_teacher(config):
   """(spec, module, variables) of the frozen teacher named by `config.teacher`: a PyTorch
   state dict, a converted directory, or (offline datasets, no checkpoint given) a teacher
-  trained once and cached under `config.teacher.cache_dir`."""
+  trained once and cached under `config.teacher.cache_dir`. The variables are replicated on
+  the global mesh (`distributed.replicate`); every process must call this together."""
   spec = convert.spec_or_error(config.teacher.arch)
   path = os.path.expanduser(config.teacher.checkpoint or '')
   if path:
@@ -170,14 +175,18 @@ def get_teacher(config):
                         f"holds, or give a '{spec.name}' checkpoint") from None
   elif config.data.dataset in TRAINABLE_OFFLINE:
     cache = cache_path(config)
-    if not os.path.isfile(os.path.join(cache, 'teacher_results.json')):
-      print(f'No cached teacher at {cache}: training it (once).', flush=True)
-      tmp = cache + f'.tmp{os.getpid()}'
+    # Every process takes process 0's view of the cache, so that all train or none do.
+    if not distributed.broadcast(os.path.isfile(os.path.join(cache, 'teacher_results.json'))):
+      if distributed.is_primary():
+        print(f'No cached teacher at {cache}: training it (once).', flush=True)
+      tmp = cache + f'.tmp{os.getpid()}'  # written by process 0 only
       train_teacher(config, tmp)
-      if os.path.isdir(cache):
-        shutil.rmtree(cache)
-      os.replace(tmp, cache)
+      if distributed.is_primary():
+        if os.path.isdir(cache):
+          shutil.rmtree(cache)
+        os.replace(tmp, cache)
+      distributed.barrier('ris_jax.get_teacher.cached')
     _, variables = convert.load_variables(cache, spec.name)
   else:
     raise _missing_teacher_error(spec)
-  return spec, spec.module(), variables
+  return spec, spec.module(), distributed.replicate(variables)

@@ -38,7 +38,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ris_jax import data, losses, perturb
+from ris_jax import data, distributed, losses, perturb
 from ris_jax.models import ArchSpec, get_arch
 from ris_jax.models.generator import GENERATORS
 from ris_jax.student import QuantSpec, make_student
@@ -377,7 +377,7 @@ def metric_name(name: str, tag: str, tags) -> str:
 
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every host, axis 'data'."""
-  return Mesh(np.asarray(jax.devices()), ('data',))
+  return distributed.global_mesh()
 
 
 def jit_ris_step(models: Models, batch_size: int, mesh: Mesh):
@@ -392,7 +392,7 @@ def jit_ris_step(models: Models, batch_size: int, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return distributed.replicate(tree, mesh)
 
 
 def noise_margins(models: Models, teacher_vars, batch_size: int, image_shape, fraction: float, rng):

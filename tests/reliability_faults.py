@@ -3,6 +3,9 @@
     python tests/reliability_faults.py kill_in_save STEP --config ... --workdir ...
         SIGKILLs this process while it saves the checkpoint of STEP: every file is written
         into orbax's `STEP.orbax-checkpoint-tmp` directory, the rename to `STEP` is not done.
+    python tests/reliability_faults.py kill_after_save STEP --config ... --workdir ...
+        SIGKILLs this process once the checkpoint of STEP is complete and every process of a
+        multi-process run has saved it (a barrier), so all of them die there together.
     python tests/reliability_faults.py nan_at STEP --config ... --workdir ...
         From iteration STEP on, the generator's parameters are NaN and so is g_loss (what a
         diverging generator produces), as if the step function had returned them.
@@ -24,6 +27,22 @@ def kill_in_save(step: int) -> None:
       os.kill(os.getpid(), signal.SIGKILL)
     return await rename(src, dst)
   async_path.rename = rename_or_die
+
+
+def kill_after_save(step: int) -> None:
+  import orbax.checkpoint as ocp
+  from ris_jax import distributed
+  save = ocp.CheckpointManager.save
+
+  def save_then_die(self, save_step, *args, **kwargs):
+    saved = save(self, save_step, *args, **kwargs)
+    if save_step == step:
+      self.wait_until_finished()  # the checkpoint renamed into place
+      distributed.barrier('reliability_faults.kill_after_save')
+      sys.stdout.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+    return saved
+  ocp.CheckpointManager.save = save_then_die
 
 
 def nan_at(step: int) -> None:
@@ -48,7 +67,7 @@ def nan_at(step: int) -> None:
 
 if __name__ == '__main__':
   fault, step = sys.argv[1], int(sys.argv[2])
-  {'kill_in_save': kill_in_save, 'nan_at': nan_at}[fault](step)
+  {'kill_in_save': kill_in_save, 'kill_after_save': kill_after_save, 'nan_at': nan_at}[fault](step)
   from absl import app
   from ris_jax import main
   sys.argv = ['ris_jax.main'] + sys.argv[3:]

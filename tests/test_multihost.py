@@ -1,0 +1,313 @@
+"""Several processes on this machine (SLURM-style environment, a coordinator on a free localhost
+port, CPU collectives over gloo) against one process with the same devices in all: the teacher
+cache, `eval_teacher`, `ptq` and training (losses at every step, accuracy, samples, files
+written once, kill -9 of every process after a checkpoint and resumption, export).
+
+The reference for training with N processes × D devices is 1 process × N·D devices: the same
+global batch split over the same number of devices, so the two runs execute the same
+partitioned programs and differ only in how the all-reduces travel (in-process or between
+processes). That 1 and N·D devices agree is tests/test_train.py's business. Evaluation and PTQ
+(per-example predictions) are compared with this (1-device) test process.
+
+Every multi-process run is a set of subprocesses (`python -m ris_jax.main`) sharing the
+session's compilation cache.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import REPO, subprocess_env
+
+FAULTS = os.path.join(REPO, 'tests', 'reliability_faults.py')
+TIMEOUT = 600
+STEPS = 4
+# A tiny run in one compiled phase (calibrating and updating from the first step), W8A8 so
+# that no activation sits at a rounding boundary that float noise could flip.
+TINY = ['--config', 'configs/demo.py', '--config.run_baseline=False',
+        f'--config.train.steps={STEPS}', '--config.train.batch_size=16',
+        '--config.train.warmup_steps=0', f'--config.train.calibration_steps={STEPS}',
+        '--config.train.log_every=1', '--config.train.eval_every=2',
+        '--config.train.checkpoint_every=2', '--config.generator.width=16',
+        '--config.generator.latent_dim=16', '--config.train.progress=False',
+        '--config.quant.w_bits=8', '--config.quant.a_bits=8']
+# 360 test digits; a global evaluation batch of 100 is 50 per process with 2 processes:
+# 4 batches each, 180 real examples and 20 padding rows per process.
+EVAL = ['--config.data.eval_batch_size=100']
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def launch(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main'), slurm=True):
+  """Runs `python SCRIPT ARGS` as `processes` processes of `devices` CPU devices each (with
+  --config.distributed=True and a SLURM-style environment when more than one, or, not
+  `slurm`, JAX_NUM_PROCESSES and JAX_PROCESS_ID as in the README); returns
+  [(exit code, stdout, stderr)] in process order."""
+  procs = []
+  port = free_port()
+  for i in range(processes):
+    env = subprocess_env(cache, devices)
+    extra = []
+    if processes > 1:
+      env['JAX_COORDINATOR_ADDRESS'] = f'127.0.0.1:{port}'
+      if slurm:
+        env.update(SLURM_JOB_ID='1', SLURM_NTASKS=str(processes), SLURM_PROCID=str(i),
+                   SLURM_LOCALID=str(i), SLURM_STEP_NODELIST='localhost')
+      else:
+        env.update(JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
+      extra = ['--config.distributed=True']
+    procs.append(subprocess.Popen([sys.executable, *script, *args, *extra], cwd=REPO, env=env,
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+  out = []
+  for p in procs:
+    try:
+      stdout, stderr = p.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      stdout, stderr = p.communicate()
+    out.append((p.returncode, stdout, stderr))
+  return out
+
+
+def ok(runs):
+  for i, (rc, stdout, stderr) in enumerate(runs):
+    assert rc == 0, f'process {i} exited {rc}\n{stdout[-2000:]}\n{stderr[-5000:]}'
+  return runs
+
+
+def printed(stdout):
+  return json.loads(stdout[stdout.index('{'):])
+
+
+def rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != 'steps_per_s'} for line in f]
+
+
+def results(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return {k: v for k, v in json.load(f).items() if k != 'wall_s'}
+
+
+def checkpoint_arrays(workdir, step):
+  """{path: numpy array} of the training state in the checkpoint of `step`, read onto this
+  process's first device whatever topology saved it."""
+  import jax
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path)
+    meta = getattr(meta, 'item_metadata', meta)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      state = ckptr.restore(path, target)
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def assert_files_written_once(workdir):
+  """One of each run file, no leftover temporary file, metrics without duplicate rows."""
+  names = sorted(os.listdir(workdir))
+  assert names == ['checkpoints', 'config.json', 'metrics.jsonl', 'results.json',
+                   'samples.png'], names
+  table = rows(workdir)
+  keys = [(r['step'], tuple(sorted(r))) for r in table]
+  assert len(keys) == len(set(keys)), keys
+  with open(os.path.join(workdir, 'samples.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+# ------------------------------------------------------------------------ teacher, eval, ptq
+
+
+@pytest.fixture(scope='module')
+def teacher(compile_cache, tmp_path_factory):
+  """`eval_teacher` as 2 processes with no teacher given: the digits teacher is trained (2
+  epochs) by both, cached by process 0, and evaluated; then the same evaluation of that cache
+  in this process."""
+  from ris_jax import convert, evaluation
+  root = tmp_path_factory.mktemp('multihost_teacher')
+  cache = root / 'cache'
+  args = ['--config', 'configs/demo.py', '--config.mode=eval_teacher',
+          f'--config.teacher.cache_dir={cache}', '--config.teacher_training.epochs=2', *EVAL]
+  two = ok(launch(args + [f'--workdir={root / "w2"}'], compile_cache, processes=2))
+  entries = sorted(os.listdir(cache))
+  assert len(entries) == 1, entries
+  arch, variables = convert.load_variables(str(cache / entries[0]))
+  correct, total = evaluation.correct_and_total(convert.spec_or_error(arch).module(), variables,
+                                                'digits', 'test', 100)
+  return {'dir': str(cache / entries[0]), 'two': [printed(o) for _, o, _ in two],
+          'one': {'teacher_top1': 100.0 * correct / total, 'eval_examples': total},
+          'stdout': [o for _, o, _ in two]}
+
+
+def test_teacher_cache_trained_once_and_eval_teacher_counts_each_example_once(teacher):
+  assert sorted(os.listdir(teacher['dir'])) == ['arch.json', 'teacher_results.json', 'variables']
+  assert sum('training it (once)' in out for out in teacher['stdout']) == 1  # process 0 says so
+  with open(os.path.join(teacher['dir'], 'teacher_results.json')) as f:
+    trained = json.load(f)
+  assert trained['test_top1'] > 30.0  # trained: far above chance (10%)
+  p0, p1 = teacher['two']
+  assert p0 == p1 == teacher['one']
+  assert p0['eval_examples'] == 360
+  # The accuracy the teacher training measured (same variables, same split) agrees.
+  assert p0['teacher_top1'] == pytest.approx(trained['test_top1'], abs=1e-9)
+
+
+def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
+  """configs/ptq_digits.py (W4A4, noise calibration, weight clipping) as 2 processes and, as
+  the reference, `ptq.run` in this process."""
+  from configs import ptq_digits
+  from ris_jax import ptq
+  overrides = {'teacher.checkpoint': teacher['dir'], 'quant.w_bits': 4, 'quant.a_bits': 4,
+               'ptq.calibration_batches': 2, 'ptq.batch_size': 32, 'ptq.clip_batches': 2,
+               'ptq.clip_grid': (1.0, 0.9, 0.8), 'data.eval_batch_size': 100}
+  args = ['--config', 'configs/ptq_digits.py', *(f'--config.{k}={v}' for k, v in overrides.items())]
+  ok(launch(args + [f'--workdir={tmp_path / "two"}'], compile_cache, processes=2))
+  config = ptq_digits.get_config()
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  ptq.run(config, str(tmp_path / 'one'))
+  two, one = results(tmp_path / 'two'), results(tmp_path / 'one')
+  assert sorted(os.listdir(tmp_path / 'two')) == ['config.json', 'results.json']
+  assert two == one
+  assert two['eval_examples'] == 360 and two['teacher_top1'] == teacher['one']['teacher_top1']
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope='module')
+def training(teacher, compile_cache, tmp_path_factory):
+  """The tiny run as 2 processes × 1 device (A), as 1 process × 2 devices (R), and as
+  2 processes killed (SIGKILL, all of them) right after the checkpoint of step 2 then rerun
+  (B); A exported by `python -m ris_jax.export`, R by `export.export_student` here."""
+  root = tmp_path_factory.mktemp('multihost_training')
+  args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}']
+  w = {name: str(root / name) for name in ('A', 'R', 'B')}
+  out = {'A': ok(launch(args + [f'--workdir={w["A"]}'], compile_cache, processes=2)),
+         'R': ok(launch(args + [f'--workdir={w["R"]}'], compile_cache, devices=2))}
+  killed = launch(['kill_after_save', '2', *args, f'--workdir={w["B"]}'], compile_cache,
+                  processes=2, script=(FAULTS,))
+  out['killed'] = killed
+  out['killed_steps'] = sorted(os.listdir(os.path.join(w['B'], 'checkpoints')))
+  out['killed_results'] = os.path.exists(os.path.join(w['B'], 'results.json'))
+  out['B'] = ok(launch(args + [f'--workdir={w["B"]}'], compile_cache, processes=2))
+  ok(launch(['--workdir', w['A'], '--out', str(root / 'export_A')], compile_cache,
+            script=('-m', 'ris_jax.export')))
+  from ris_jax import export, loop
+  export.export_student(*loop.load_student(w['R']), str(root / 'export_R'))
+  return {'workdirs': w, 'out': out, 'root': root}
+
+
+def test_two_processes_write_each_file_once(training):
+  w = training['workdirs']
+  for name in ('A', 'B'):
+    assert_files_written_once(w[name])
+  assert sorted(os.listdir(os.path.join(w['A'], 'checkpoints'))) == ['2', '4']
+  p0, p1 = (printed(o) for _, o, _ in training['out']['A'])
+  assert p0 == p1  # both processes computed the same results
+  assert {k: v for k, v in p0.items() if k != 'wall_s'} == results(w['A'])
+  # Process 1 prints no progress line of its own.
+  assert 'student top-1' in training['out']['A'][0][2] + training['out']['A'][0][1]
+  assert 'student top-1' not in training['out']['A'][1][2] + training['out']['A'][1][1]
+
+
+def test_two_processes_equal_one_process_of_two_devices(training):
+  """Losses at every step, accuracies and the final state to float tolerance."""
+  w = training['workdirs']
+  a, r = rows(w['A']), rows(w['R'])
+  assert [sorted(x) for x in a] == [sorted(x) for x in r]
+  assert len([x for x in a if 'g_loss' in x]) == STEPS
+  for x, y in zip(a, r):
+    for k in x:
+      np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-6, err_msg=f'step {x["step"]} {k}')
+  res_a, res_r = results(w['A']), results(w['R'])
+  assert res_a == res_r, (res_a, res_r)
+  arrays_a, arrays_r = checkpoint_arrays(w['A'], STEPS), checkpoint_arrays(w['R'], STEPS)
+  assert arrays_a.keys() == arrays_r.keys()
+  for k in arrays_a:
+    np.testing.assert_allclose(arrays_a[k], arrays_r[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_kill_of_every_process_after_a_checkpoint_then_rerun_ends_in_the_same_state(training):
+  w, out = training['workdirs'], training['out']
+  assert [rc for rc, _, _ in out['killed']] == [-9, -9], [e[-3000:] for _, _, e in out['killed']]
+  assert out['killed_steps'] == ['2'] and not out['killed_results']
+  assert 'resuming from the checkpoint of step 2' in out['B'][0][1]
+  assert rows(w['B']) == rows(w['A'])
+  assert results(w['B']) == results(w['A'])
+  arrays_a, arrays_b = checkpoint_arrays(w['A'], STEPS), checkpoint_arrays(w['B'], STEPS)
+  assert arrays_a.keys() == arrays_b.keys()
+  assert [k for k in arrays_a if not np.array_equal(arrays_a[k], arrays_b[k])] == []
+
+
+def test_export_of_a_two_process_run_predicts_as_the_one_process_run(training):
+  import torch
+  from ris_jax import data
+  images = data.load_arrays('digits', 'test')['image'][:64]
+  x = torch.from_numpy(np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2))))
+  logits = {}
+  for name in ('A', 'R'):
+    program = torch.export.load(str(training['root'] / f'export_{name}' / 'student.pt2'))
+    with torch.no_grad():
+      logits[name] = program.module()(x).numpy()
+  np.testing.assert_allclose(logits['A'], logits['R'], rtol=1e-5, atol=1e-5)
+  assert np.array_equal(logits['A'].argmax(-1), logits['R'].argmax(-1))
+
+
+# --------------------------------------------------------------- 2 processes × 2 devices
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(teacher, compile_cache, tmp_path):
+  args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}', '--config.train.steps=2',
+                        '--config.train.calibration_steps=2']
+  ok(launch(args + [f'--workdir={tmp_path / "two"}'], compile_cache, processes=2, devices=2))
+  ok(launch(args + [f'--workdir={tmp_path / "one"}'], compile_cache, devices=4))
+  assert_files_written_once(tmp_path / 'two')
+  two, one = rows(tmp_path / 'two'), rows(tmp_path / 'one')
+  assert [sorted(x) for x in two] == [sorted(x) for x in one]
+  for x, y in zip(two, one):
+    for k in x:
+      np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-6, err_msg=f'step {x["step"]} {k}')
+  assert results(tmp_path / 'two')['devices'] == 4
+  assert results(tmp_path / 'two') == results(tmp_path / 'one')
+
+
+# ------------------------------------------------------------------------------ user errors
+
+
+def test_unreachable_coordinator_and_indivisible_batch_are_one_line_errors(compile_cache, tmp_path):
+  env = subprocess_env(compile_cache)
+  env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{free_port()}', JAX_NUM_PROCESSES='2',
+             JAX_PROCESS_ID='1')
+  base = [sys.executable, '-m', 'ris_jax.main', *TINY, '--config.distributed=True',
+          '--config.cluster.timeout_s=2', f'--workdir={tmp_path / "w"}']
+  proc = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith('error: process 1 cannot reach the coordinator at 127.0.0.1:')
+  # Launched as the README shows for local processes (JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+  runs = launch(TINY + ['--config.train.batch_size=15', f'--workdir={tmp_path / "b"}'],
+                compile_cache, processes=2, slurm=False)
+  for rc, _, stderr in runs:
+    lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith('[Gloo]')]
+    assert rc == 2 and len(lines) == 1, stderr[-3000:]
+    assert lines[0] == ('error: config.train.batch_size=15 is not divisible by the 2 processes; '
+                        'use a multiple of 2')
