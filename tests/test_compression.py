@@ -136,8 +136,8 @@ def test_dfkd_main_end_to_end(dfkd_run):
   # statistics) scores what results.json says.
   models, state = ptq.load_generator(str(workdir))
   assert models.student_kind == 'fp' and int(state.step) == STEPS
-  kernel = state.student['stage1_unit1']['body']['conv1']['conv']['kernel']
-  assert kernel.shape == (3, 3, 16, 16) and 'stage1_unit2' not in state.student
+  kernel = state.student['fp']['stage1_unit1']['body']['conv1']['conv']['kernel']
+  assert kernel.shape == (3, 3, 16, 16) and 'stage1_unit2' not in state.student['fp']
   top1 = evaluation.accuracy(models.student, train.student_variables(state, None, 'fp'), 'digits',
                              'test', 360)
   assert top1 == results['student_top1_final']
@@ -155,7 +155,7 @@ def test_dfkd_step_trains_the_fp_student_only(digits_teacher, compile_cache):
                       update_student=True, calibrate=False)
   old_state, old_t = before
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(t_vars), old_t)  # teacher unchanged
-  for old, cur in zip(jax.tree.leaves(old_state.student), jax.tree.leaves(new.student)):
+  for old, cur in zip(jax.tree.leaves(old_state.student['fp']), jax.tree.leaves(new.student['fp'])):
     assert not np.array_equal(old, cur)  # every student parameter moved
   # BN statistics: the student's training-mode BN on the images of this step (regenerated
   # here from the step's RNG and the generator before its update).
@@ -163,12 +163,13 @@ def test_dfkd_step_trains_the_fp_student_only(digits_teacher, compile_cache):
   z = jax.random.normal(k_z, (16, 16))
   _, targets = train.sample_labels(models, k_y, 16)
   images = models.generator.apply(old_state.generator, z, targets)
-  _, updates = models.student.apply({'params': old_state.student, 'batch_stats': old_state.quant_ranges},
+  _, updates = models.student.apply({'params': old_state.student['fp'],
+                                     'batch_stats': old_state.quant_ranges['fp']},
                                     images, train=True, mutable=['batch_stats'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               jax.device_get(new.quant_ranges), jax.device_get(updates['batch_stats']))
-  assert not np.allclose(new.quant_ranges['init_block']['bn']['mean'],
-                         old_state.quant_ranges['init_block']['bn']['mean'])
+               jax.device_get(new.quant_ranges['fp']), jax.device_get(updates['batch_stats']))
+  assert not np.allclose(new.quant_ranges['fp']['init_block']['bn']['mean'],
+                         old_state.quant_ranges['fp']['init_block']['bn']['mean'])
   assert np.isfinite(float(metrics['s_kd']))
 
 
@@ -187,7 +188,7 @@ def test_kd_loss_falls_on_a_fixed_batch(digits_teacher):
     updates, opt = models.student_tx.update(g, opt, params)
     return jax.tree.map(jnp.add, params, updates), opt, stats, m['s_kd']
 
-  params, opt, stats = state.student, state.student_opt, state.quant_ranges
+  params, opt, stats = state.student['fp'], state.student_opt['fp'], state.quant_ranges['fp']
   kd = []
   for _ in range(8):
     params, opt, stats, value = sgd(params, opt, stats)

@@ -189,17 +189,18 @@ def test_program_runs_without_ris_jax(w4a4, digits, tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / 'y.npy'), here, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_uses_train_load_student(w4a4, monkeypatch, tmp_path, capsys):
+def test_cli_uses_loop_load_student(w4a4, monkeypatch, tmp_path, capsys):
+  from ris_jax import loop
   calls = []
 
-  def load_student(workdir):
-    calls.append(workdir)
+  def load_student(workdir, bits=None):
+    calls.append((workdir, bits))
     return w4a4['spec'], w4a4['qspec'], w4a4['variables']
 
-  monkeypatch.setitem(sys.modules, 'ris_jax.train',
-                      types.SimpleNamespace(load_student=load_student))
+  monkeypatch.setattr(loop, 'student_tags', lambda workdir: ('w4a4',))
+  monkeypatch.setattr(loop, 'load_student', load_student)
   export.main(['--workdir', 'W', '--out', str(tmp_path / 'cli')])
-  assert calls == ['W']
+  assert calls == [('W', None)]
   assert (tmp_path / 'cli' / export.STATE_DICT_FILE).is_file()
   assert (tmp_path / 'cli' / export.PROGRAM_FILE).is_file()
   assert 'exported resnet20_digits W4A4' in capsys.readouterr().out

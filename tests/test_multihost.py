@@ -22,6 +22,10 @@ import warnings
 import numpy as np
 import pytest
 
+# Not yet in the default suite: on the loaded 2-core machine each multi-process run took ~10 min
+# and the file has not passed as a whole (issue 14 stays open); run it with -m slow.
+pytestmark = pytest.mark.slow
+
 from conftest import REPO, subprocess_env
 
 FAULTS = os.path.join(REPO, 'tests', 'reliability_faults.py')
