@@ -113,7 +113,10 @@ def test_generator_same_output_for_both_settings(kind, image_size):
   assert images['plain'].shape == (6, image_size, image_size, 3)
   np.testing.assert_allclose(images['parity'], images['plain'], atol=1e-5, rtol=0)
   np.testing.assert_allclose(outs['parity'][0], outs['plain'][0], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max() + 1e-7),
+  # tolerance relative to the largest gradient: the conv biases before a batch norm have a
+  # zero gradient mathematically, so theirs are rounding noise in both settings.
+  top = max(float(np.abs(g).max()) for g in jax.tree.leaves(outs['plain'][1]))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * top),
                outs['parity'][1], outs['plain'][1])
 
 
