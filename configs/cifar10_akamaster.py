@@ -29,8 +29,9 @@ ARCHS = {'resnet20': 'resnet20_akamaster', 'resnet56': 'resnet56_akamaster'}
 def parse(arg):
   """(arch, bits, method, cpu_steps or None) of 'resnet20,w4a4+w3a3[,gdfq][,cpu1200]'."""
   parts = (arg or 'resnet20,w4a4').split(',')
-  usage = ("config argument must be ARCH,BITS[,gdfq][,cpuN] with ARCH resnet20|resnet56 and "
-           f"BITS like w4a4 or w4a4+w3a3 (e.g. resnet20,w4a4+w3a3,gdfq,cpu1200); got {arg!r}")
+  usage = ("config argument must be ARCH,BITS[,gdfq][,cpuN] with ARCH one of resnet20, resnet56 "
+           "and BITS must be one of w2a2 … w8a8 or several joined by '+' (e.g. "
+           f"resnet20,w4a4+w3a3,gdfq,cpu1200); got {arg!r}")
   if len(parts) < 2 or parts[0] not in ARCHS:
     raise ValueError(usage)
   bits = parts[1].split('+')

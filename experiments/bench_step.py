@@ -158,11 +158,12 @@ def bench_students(args) -> dict:
   runs.update({tag: JaxStep(config(tag), spec, t_vars, batch_size) for tag in tags})
   # The last student's forward + backward alone (what a further student should cost).
   extra = runs[tags[-1]]
-  args_ = (extra.models, extra.t_vars, extra.state.quant_ranges[tags[-1]], extra.images,
+  copy = lambda tree: jax.tree.map(jax.numpy.array, tree)  # the jitted step donates its state
+  args_ = (extra.models, extra.t_vars, copy(extra.state.quant_ranges[tags[-1]]), extra.images,
            jax.numpy.zeros(batch_size, jax.numpy.int32),
            extra.models.teacher.apply(extra.t_vars, extra.images), False, tags[-1])
   grad = jax.jit(jax.value_and_grad(train.student_loss, has_aux=True), static_argnums=(1, 7, 8))
-  student_params = extra.state.student[tags[-1]]
+  student_params = copy(extra.state.student[tags[-1]])
   timers = {name: r.run for name, r in runs.items()}
   timers['student_fwd_bwd'] = lambda: jax.block_until_ready(grad(student_params, *args_))
   for fn in timers.values():

@@ -37,10 +37,8 @@ def run(config, workdir: str) -> dict:
     from ris_jax.models import get_arch
     # Fails now, before any compute, if the evaluation data is not prepared or does not fit.
     spec = get_arch(config.teacher.arch)
-    first = next(iter(data.eval_batches(config.data.dataset, config.data.split, 1,
-                                        config.data.data_dir, normalization=spec.normalization,
-                                        num_classes=spec.num_classes)))
-    data.check_image_size(first, spec.input_shape[:2], f"the teacher '{spec.name}'")
+    data.eval_batches(config.data.dataset, config.data.split, 1, config.data.data_dir,
+                      normalization=spec.normalization, num_classes=spec.num_classes)
   if config.mode == 'train_teacher':
     return teacher.train_teacher(config, os.path.join(workdir, 'teacher'))
   if config.mode == 'eval_teacher':
