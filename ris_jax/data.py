@@ -474,10 +474,10 @@ def _npz_split(dataset: str, split: str, num_classes: Optional[int]) -> Tuple[np
     raise UserError(f"unknown split '{split}' of {dataset}: an npz archive is one split, "
                     f"'{NPZ_SPLIT}', or '{NPZ_SPLIT}[a:b]' for rows a..b−1 (e.g. {NPZ_SPLIT}[:5000])")
   rows = slice(*(int(g) if g else None for g in m.groups()))
+  total = len(labels)
   images, labels = images[rows], labels[rows]
   if not len(labels):
-    raise UserError(f"split '{split}' of {dataset} selects no rows (the archive has "
-                    f'{len(_npz_arrays(os.path.expanduser(dataset[len(NPZ_PREFIX):]))[1])})')
+    raise UserError(f"split '{split}' of {dataset} selects no rows (the archive has {total})")
   if num_classes is not None and labels.max() >= num_classes:
     raise UserError(f'{dataset}: labels go up to {labels.max()} but the model has {num_classes} '
                     'classes; give the archive of the dataset the teacher was trained on')

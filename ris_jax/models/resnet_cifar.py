@@ -10,6 +10,13 @@ from ris_jax.layers import ConvBlock, Ops, global_avg_pool, tap
 from ris_jax.models.resnet import res_stages
 
 
+def units_per_stage(depth: int) -> int:
+  """n of a CIFAR ResNet-(6n+2)."""
+  if (depth - 2) % 6:
+    raise ValueError(f'CIFAR ResNet depth must be 6n + 2, got {depth}')
+  return (depth - 2) // 6
+
+
 class CifarResNet(nn.Module):
   """3×3 stem (16 ch), three stages of (depth − 2) / 6 basic units (16, 32, 64 ch), global
   average pool, dense. Input (N, H, W, in_channels), any H = W divisible by 4."""
@@ -20,9 +27,7 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if (self.depth - 2) % 6:
-      raise ValueError(f'CIFAR ResNet depth must be 6n + 2, got {self.depth}')
-    n = (self.depth - 2) // 6
+    n = units_per_stage(self.depth)
     channels = [[self.width * m] * n for m in (1, 2, 4)]
     x = ConvBlock(self.width, 3, 1, ops=self.ops, first=True, name='init_block')(x, train)
     x = res_stages(x, channels, False, False, self.ops, self, train)
@@ -64,9 +69,7 @@ class OptionAResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if (self.depth - 2) % 6:
-      raise ValueError(f'CIFAR ResNet depth must be 6n + 2, got {self.depth}')
-    n = (self.depth - 2) // 6
+    n = units_per_stage(self.depth)
     ops = self.ops
     x = ops.first_conv(16, kernel_size=3, strides=1, name='conv1')(x)
     x = ops.act(fn='relu', name='relu')(ops.norm(use_running_average=not train, name='bn1')(x))
