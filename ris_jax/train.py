@@ -221,43 +221,69 @@ def teacher_forward(models: Models, teacher_vars, images, tap_bn: bool = False):
   return logits, taps['features']['pooled'], taps.get('bn_stats')
 
 
-def robustness_term(models: Models, teacher_vars, images, logits, features, rng, margins=(0.0, 0.0)):
+def draw_perturbation(models: Models, teacher_vars, rng, image_shape):
+  """The random parameters of one perturbation draw of L_rob: {'input': the draws of
+  `perturb.draw_input_perturbation` (if input perturbation is on), 'weight': ξ, the weight
+  noise tree (if weight perturbation is on; the adversarial variant's random start point)}."""
+  cfg = models.loss
+  k_in, k_w = jax.random.split(rng)
+  out = {}
+  if cfg.input_perturbation:
+    out['input'] = perturb.draw_input_perturbation(k_in, image_shape, cfg.input_kinds)
+  if cfg.weight_perturbation:
+    params = teacher_vars['params']
+    out['weight'] = _adversarial_start(k_w, params) if cfg.adversarial else perturb.weight_noise(k_w, params)
+  return out
+
+
+def robustness_term(models: Models, teacher_vars, images, logits, features, rng, margins=(0.0, 0.0),
+                    perturbation=None):
   """L_rob averaged over N perturbation draws: input x̃ = A(x) and/or weights
-  θ̃ = θ + ε|θ|ξ, cosine (features) + L1 (predictions) inconsistency (method.md)."""
+  θ̃ = θ + ε|θ|ξ, cosine (features) + L1 (predictions) inconsistency (method.md). The draws
+  come from `rng`, or are given: `perturbation` as `draw_perturbation` returns it (leaves
+  stacked along a leading axis of length N when N > 1)."""
   cfg = models.loss
 
-  def one_draw(key):
-    k_in, k_w = jax.random.split(key)
-    x = perturb.perturb_input(k_in, images, cfg.input_kinds, cfg.noise_std) if cfg.input_perturbation else images
+  def one_draw(drawn):
+    x = (perturb.apply_input_perturbation(drawn['input'], images, cfg.input_kinds, cfg.noise_std)
+         if cfg.input_perturbation else images)
     params = teacher_vars['params']
     if cfg.weight_perturbation:
-      direction = None
+      xi = drawn['weight']
       if cfg.adversarial:
-        direction = _adversarial_direction(models, teacher_vars, x, logits, features, k_w)
-      params = perturb.perturb_weights(k_w, params, cfg.weight_eps, direction)
+        xi = _adversarial_direction(models, teacher_vars, x, logits, features, xi)
+      params = perturb.perturb_weights(None, params, cfg.weight_eps, xi)
     p_logits, p_features, _ = teacher_forward(models, {**teacher_vars, 'params': params}, x)
     return losses.robustness_loss(features, logits, p_features, p_logits, cfg.feature_weight,
                                   cfg.prediction_weight, cfg.prediction_distance, *margins)
 
+  draw = lambda key: draw_perturbation(models, teacher_vars, key, images.shape)
   if cfg.num_draws == 1:
-    return one_draw(rng)
+    return one_draw(draw(rng) if perturbation is None else perturbation)
   # lax.map, not vmap: vmapping over weight sets turns every conv into a grouped conv.
-  values, aux = jax.lax.map(one_draw, jax.random.split(rng, cfg.num_draws))
+  if perturbation is None:
+    values, aux = jax.lax.map(lambda key: one_draw(draw(key)), jax.random.split(rng, cfg.num_draws))
+  else:
+    values, aux = jax.lax.map(one_draw, perturbation)
   return jnp.mean(values), jax.tree.map(jnp.mean, aux)
 
 
-def _adversarial_direction(models, teacher_vars, images, logits, features, rng):
-  """sign(∂ L_rob / ∂ξ) at a random ξ: the one-step ascent direction of the weight noise."""
-  cfg = models.loss
-  params = teacher_vars['params']
+def _adversarial_start(rng, params):
+  """The random ξ (every leaf) at which the adversarial variant takes its ascent direction."""
   leaves, treedef = jax.tree.flatten(params)
   flat = jax.random.normal(rng, (sum(l.size for l in leaves),))
   splits = np.cumsum([l.size for l in leaves])[:-1]
-  xi = jax.tree.unflatten(treedef, [part.reshape(l.shape).astype(l.dtype) for part, l in
-                                    zip(jnp.split(flat, splits), leaves)])
+  return jax.tree.unflatten(treedef, [part.reshape(l.shape).astype(l.dtype) for part, l in
+                                      zip(jnp.split(flat, splits), leaves)])
+
+
+def _adversarial_direction(models, teacher_vars, images, logits, features, xi):
+  """sign(∂ L_rob / ∂ξ) at the random start ξ: the one-step ascent direction of the weight noise."""
+  cfg = models.loss
+  params = teacher_vars['params']
 
   def incons(xi):
-    pert = perturb.perturb_weights(rng, params, cfg.weight_eps, xi)
+    pert = perturb.perturb_weights(None, params, cfg.weight_eps, xi)
     p_logits, p_features, _ = teacher_forward(models, {**teacher_vars, 'params': pert}, images)
     return losses.robustness_loss(jax.lax.stop_gradient(features), jax.lax.stop_gradient(logits),
                                   p_features, p_logits, cfg.feature_weight, cfg.prediction_weight,
@@ -266,8 +292,9 @@ def _adversarial_direction(models, teacher_vars, images, logits, features, rng):
 
 
 def generator_loss(gen_params, models: Models, gen_stats, teacher_vars, z, labels, targets, rng,
-                   margins=(0.0, 0.0)):
-  """L_G = L_CE + β·L_BNS + λ_r·L_rob + λ_d·L_div. Returns (L_G, (images, teacher logits, metrics))."""
+                   margins=(0.0, 0.0), perturbation=None):
+  """L_G = L_CE + β·L_BNS + λ_r·L_rob + λ_d·L_div. Returns (L_G, (images, teacher logits, metrics)).
+  L_rob's perturbations are drawn from `rng` or given (`perturbation`, see `robustness_term`)."""
   cfg = models.loss
   images = models.generator.apply({'params': gen_params, 'batch_stats': gen_stats}, z, targets)
   logits, features, bn_stats = teacher_forward(models, teacher_vars, images, tap_bn=True)
@@ -277,7 +304,8 @@ def generator_loss(gen_params, models: Models, gen_stats, teacher_vars, z, label
   metrics = {'g_ce': ce, 'g_bns': bns,
              'teacher_acc_on_synthetic': jnp.mean(jnp.argmax(logits, -1) == labels)}
   if cfg.robust_weight:
-    rob, aux = robustness_term(models, teacher_vars, images, logits, features, rng, margins)
+    rob, aux = robustness_term(models, teacher_vars, images, logits, features, rng, margins,
+                               perturbation)
     total = total + cfg.robust_weight * rob
     metrics.update(g_rob=rob, **aux)
   if cfg.diversity_weight:
