@@ -15,6 +15,7 @@ Usage:
     ref = TorchRIS(teacher, num_classes=10, image_size=32, batch_size=64)
     ref.calibrate(n)            # EMA activation ranges on n generator batches
     metrics = ref.step()        # one iteration (generator step then student step)
+    metrics = ref.step(given=draws)  # the same, on given randomness (check_reference.py)
 """
 from __future__ import annotations
 
@@ -238,39 +239,50 @@ def _resample(images, scale, shift):
   return torch.einsum('bih,bchw,bjw->bcij', rows, images, cols)
 
 
-def random_crop(images, min_scale=0.6):
+def random_crop(images, min_scale=0.6, scale_u=None, shift_u=None):
+  """Random resized crop: area scale u ~ U(min_scale, 1), zoom 1/√u, position shift_u ~ U(−1, 1)²
+  times the room that keeps the crop inside the image (drawn here unless given)."""
   b, h = images.shape[0], images.shape[2]
-  zoom = 1.0 / torch.sqrt(torch.empty(b).uniform_(min_scale, 1.0))
+  scale_u = torch.empty(b).uniform_(min_scale, 1.0) if scale_u is None else scale_u
+  shift_u = torch.empty(b, 2).uniform_(-1.0, 1.0) if shift_u is None else shift_u
+  zoom = 1.0 / torch.sqrt(scale_u)
   room = (zoom - 1.0)[:, None] * h / 2
-  shift = torch.empty(b, 2).uniform_(-1.0, 1.0) * room
-  return _resample(images, zoom, shift)
+  return _resample(images, zoom, shift_u * room)
 
 
-def random_flip(images):
-  flip = torch.rand(images.shape[0], 1, 1, 1) < 0.5
-  return torch.where(flip, images.flip(3), images)
+def random_flip(images, flip=None):
+  flip = torch.rand(images.shape[0]) < 0.5 if flip is None else flip
+  return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def random_translate(images, max_fraction=0.125):
+def random_translate(images, max_fraction=0.125, shift_u=None):
   b, h = images.shape[0], images.shape[2]
-  shift = torch.empty(b, 2).uniform_(-1.0, 1.0) * max_fraction * h
-  return _resample(images, torch.ones(b), shift)
+  shift_u = torch.empty(b, 2).uniform_(-1.0, 1.0) if shift_u is None else shift_u
+  return _resample(images, torch.ones(b), shift_u * max_fraction * h)
 
 
-def perturb_input(images, kinds: Sequence[str] = INPUT_PERTURBATIONS, noise_std=0.1):
-  kind = kinds[int(torch.randint(len(kinds), ()))]
+def perturb_input(images, kinds: Sequence[str] = INPUT_PERTURBATIONS, noise_std=0.1, drawn=None):
+  """x̃ = A(x), A uniform over `kinds`; `drawn` (optional) gives the draws: 'kind' (index into
+  kinds), 'crop_scale' (B,), 'crop_shift' (B, 2), 'flip' (B,) bool, 'translate' (B, 2),
+  'noise' (B, C, H, W)."""
+  d = drawn or {}
+  kind = kinds[int(d['kind']) if 'kind' in d else int(torch.randint(len(kinds), ()))]
   if kind == 'crop':
-    return random_crop(images)
+    return random_crop(images, scale_u=d.get('crop_scale'), shift_u=d.get('crop_shift'))
   if kind == 'flip':
-    return random_flip(images)
+    return random_flip(images, d.get('flip'))
   if kind == 'translate':
-    return random_translate(images)
-  return images + noise_std * torch.randn_like(images)
+    return random_translate(images, shift_u=d.get('translate'))
+  noise = torch.randn_like(images) if d.get('noise') is None else d['noise']
+  return images + noise_std * noise
 
 
-def perturb_weights(params: Dict[str, torch.Tensor], kernel_names, eps: float):
-  """θ̃ = θ + ε·|θ| ⊙ ξ on conv/dense weights (BN and biases untouched)."""
-  return {k: (v + eps * v.abs() * torch.randn_like(v) if k in kernel_names else v)
+def perturb_weights(params: Dict[str, torch.Tensor], kernel_names, eps: float, noise=None):
+  """θ̃ = θ + ε·|θ| ⊙ ξ on conv/dense weights (BN and biases untouched); ξ ~ N(0, I), or
+  `noise` (name → tensor) when given."""
+  noise = noise or {}
+  return {k: (v + eps * v.abs() * (noise[k] if k in noise else torch.randn_like(v))
+              if k in kernel_names else v)
           for k, v in params.items()}
 
 
@@ -283,9 +295,11 @@ def label_correlation_penalty(probs):
   return off.square().sum() / (b * (b - 1))
 
 
-def soft_labels(labels, num_classes, kappa=3.0, decorrelate_steps=3, step_size=1.0):
+def soft_labels(labels, num_classes, kappa=3.0, decorrelate_steps=3, step_size=1.0, eta=None):
+  """ỹ = softmax(κ·onehot(y) + η), η ~ N(0, I) (or the given `eta` (B, C)), after
+  `decorrelate_steps` normalized gradient steps on η lowering the label correlation penalty."""
   logits0 = kappa * F.one_hot(labels, num_classes).float()
-  eta = torch.randn_like(logits0)
+  eta = torch.randn_like(logits0) if eta is None else eta.clone()
   penalty = lambda e: label_correlation_penalty(F.softmax(logits0 + e, -1))
   with torch.no_grad():
     best, best_value = eta, penalty(eta)
@@ -310,6 +324,11 @@ def prediction_inconsistency(logits, perturbed):
   return (F.softmax(logits, -1) - F.softmax(perturbed, -1)).abs().sum(-1).mean()
 
 
+def cross_entropy(logits, targets):
+  """CE with int labels (B,) or soft labels (B, C), batch mean."""
+  return F.cross_entropy(logits, targets)
+
+
 def bn_statistics_loss(stats):
   terms = [(m - rm).square().mean() + (v - rv).square().mean() for m, v, rm, rv in stats]
   return sum(terms) / len(terms)
@@ -324,31 +343,42 @@ def kd_loss(student_logits, teacher_logits, tau=20.0):
 
 # ----------------------------------------------------------------------------------- iteration
 class TorchRIS:
-  """Teacher, generator, student, optimizers; `step()` runs one RIS iteration."""
+  """Teacher, generator, student, optimizers; `step()` runs one RIS iteration.
+
+  The loss switches are method.md's ablation flags: `soft_labels` (else one-hot labels, GDFQ),
+  `robust_weight` (0: no robustness term), `input_perturbation`, `weight_perturbation`."""
 
   def __init__(self, teacher: nn.Module, num_classes: int, image_size: int, batch_size: int,
                generator_kind: str = 'gdfq', latent_dim: int = 100, width: int = 128,
                w_bits: int = 4, a_bits: int = 4, bns_weight: float = 0.1,
                robust_weight: float = 1.0, weight_eps: float = 0.05, noise_std: float = 0.1,
                kappa: float = 3.0, decorrelate_steps: int = 3, kd_tau: float = 20.0,
-               channels_last: bool = False):
+               channels_last: bool = False, channels: int = 3, soft_labels: bool = True,
+               input_perturbation: bool = True, weight_perturbation: bool = True,
+               input_kinds: Sequence[str] = INPUT_PERTURBATIONS, ema_momentum: float = 0.9,
+               generator_lr: float = 1e-3, generator_betas=(0.5, 0.999), student_lr: float = 1e-4,
+               student_momentum: float = 0.9, student_weight_decay: float = 1e-4):
     self.num_classes, self.batch_size, self.latent_dim = num_classes, batch_size, latent_dim
     self.bns_weight, self.robust_weight, self.weight_eps = bns_weight, robust_weight, weight_eps
     self.noise_std, self.kappa, self.decorrelate_steps, self.kd_tau = (
         noise_std, kappa, decorrelate_steps, kd_tau)
+    self.soft_labels, self.input_perturbation = soft_labels, input_perturbation
+    self.weight_perturbation, self.input_kinds = weight_perturbation, tuple(input_kinds)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     teacher = copy.deepcopy(teacher).eval()  # the caller's model is left as it was
     for p in teacher.parameters():
       p.requires_grad_(False)
-    self.student = make_student(teacher, w_bits, a_bits).to(memory_format=fmt)
+    self.student = make_student(teacher, w_bits, a_bits, ema_momentum).to(memory_format=fmt)
     self.teacher = TeacherTaps(teacher.to(memory_format=fmt)).eval()
     gen_cls = {'gdfq': GDFQGenerator, 'conditional_bn': ConditionalBNGenerator}[generator_kind]
-    self.generator = gen_cls(num_classes, image_size, 3, latent_dim, width).to(memory_format=fmt)
+    self.generator = gen_cls(num_classes, image_size, channels, latent_dim, width).to(memory_format=fmt)
     self.generator.memory_format = fmt
     self.generator.train()
-    self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    self.student_opt = torch.optim.SGD(self.student.parameters(), lr=1e-4, momentum=0.9,
-                                       nesterov=True, weight_decay=1e-4)
+    self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=generator_lr,
+                                          betas=tuple(generator_betas))
+    self.student_opt = torch.optim.SGD(self.student.parameters(), lr=student_lr,
+                                       momentum=student_momentum, nesterov=True,
+                                       weight_decay=student_weight_decay)
     self.teacher_params = dict(self.teacher.named_parameters())
     self.teacher_buffers = dict(self.teacher.named_buffers())
     self.kernel_names = {f'{n}.weight' for n, m in self.teacher.named_modules()
@@ -356,23 +386,36 @@ class TorchRIS:
     self.qrelus = [m for m in self.student.modules() if isinstance(m, QReLU)]
 
   def sample(self):
+    """z (B, latent), labels (B,) and the generator's conditioning: soft labels or one-hot."""
     z = torch.randn(self.batch_size, self.latent_dim)
     labels = torch.randint(self.num_classes, (self.batch_size,))
-    return z, labels, soft_labels(labels, self.num_classes, self.kappa, self.decorrelate_steps)
+    return z, labels, self.targets(labels)
 
-  def generator_loss(self, z, labels, targets):
+  def targets(self, labels, eta=None):
+    if self.soft_labels:
+      return soft_labels(labels, self.num_classes, self.kappa, self.decorrelate_steps, eta=eta)
+    return F.one_hot(labels, self.num_classes).float()
+
+  def generator_loss(self, z, labels, targets, drawn=None):
+    """L_G = CE + β·BNS + λ_r·(L_feat + L_pred); `drawn` (optional): {'input': draws of
+    `perturb_input`, 'weight': {teacher parameter name: ξ}}."""
+    drawn = drawn or {}
     images = self.generator(z, targets)
     self.teacher.bn_stats, self.teacher.tapping = [], True
     logits, features = self.teacher(images)
     self.teacher.tapping = False
-    ce = F.cross_entropy(logits, targets)
+    ce = cross_entropy(logits, targets if self.soft_labels else labels)
     bns = bn_statistics_loss(self.teacher.bn_stats)
     self.teacher.bn_stats = []
     total = ce + self.bns_weight * bns
     metrics = {'g_ce': ce, 'g_bns': bns}
     if self.robust_weight:
-      x = perturb_input(images, INPUT_PERTURBATIONS, self.noise_std)
-      params = perturb_weights(self.teacher_params, self.kernel_names, self.weight_eps)
+      x = images
+      if self.input_perturbation:
+        x = perturb_input(images, self.input_kinds, self.noise_std, drawn.get('input'))
+      params = self.teacher_params
+      if self.weight_perturbation:
+        params = perturb_weights(params, self.kernel_names, self.weight_eps, drawn.get('weight'))
       p_logits, p_features = functional_call(self.teacher, {**params, **self.teacher_buffers}, (x,))
       feat = cosine_inconsistency(features, p_features)
       pred = prediction_inconsistency(logits, p_logits)
@@ -386,30 +429,49 @@ class TorchRIS:
     """KD + CE on the labels the images were generated for (the soft ones under RIS)."""
     logits = self.student(images)
     kd = kd_loss(logits, teacher_logits, self.kd_tau)
-    ce = F.cross_entropy(logits, targets)
+    ce = cross_entropy(logits, targets)
     return kd + ce, {'s_loss': kd + ce, 's_kd': kd, 's_ce': ce}
 
-  def step(self, update_student: bool = True, calibrate: bool = False):
-    z, labels, targets = self.sample()
+  def step(self, update_student: bool = True, calibrate: bool = False, given=None):
+    """One iteration. `given` (optional): the iteration's randomness, {'z', 'labels', 'eta'
+    (soft labels' η), 'perturbation' (see `generator_loss`)}. Returns the metrics; with
+    `given`, also the soft labels, images, teacher logits and both gradients (`self.record`)."""
+    if given is None:
+      z, labels, targets = self.sample()
+    else:
+      z, labels = given['z'], given['labels']
+      targets = self.targets(labels, given.get('eta'))
     self.generator_opt.zero_grad(set_to_none=True)
-    total, images, t_logits, metrics = self.generator_loss(z, labels, targets)
+    total, images, t_logits, metrics = self.generator_loss(
+        z, labels, targets, None if given is None else given.get('perturbation'))
     total.backward()
+    record = given is not None  # (not while benchmarking: cloning gradients costs time)
+    generator_grads = ({n: p.grad.detach().clone() for n, p in self.generator.named_parameters()}
+                       if record else None)
     self.generator_opt.step()
     images, t_logits = images.detach(), t_logits.detach()
+    s_targets = targets if self.soft_labels else labels
     for q in self.qrelus:
       q.calibrating = calibrate
+    student_grads = None
     if update_student:
       self.student_opt.zero_grad(set_to_none=True)
-      s_total, s_metrics = self.student_loss(images, targets, t_logits)
+      s_total, s_metrics = self.student_loss(images, s_targets, t_logits)
       s_total.backward()
+      if record:
+        student_grads = {n: p.grad.detach().clone() for n, p in self.student.named_parameters()}
       self.student_opt.step()
     else:
       with torch.no_grad():
-        _, s_metrics = self.student_loss(images, targets, t_logits)
+        _, s_metrics = self.student_loss(images, s_targets, t_logits)
     for q in self.qrelus:
       q.calibrating = False
     metrics.update(s_metrics)
-    return {k: v.detach() for k, v in metrics.items()}
+    metrics = {k: v.detach() for k, v in metrics.items()}
+    if record:
+      self.record = {'targets': targets, 'images': images, 'teacher_logits': t_logits,
+                     'generator_grads': generator_grads, 'student_grads': student_grads}
+    return metrics
 
   def calibrate(self, steps: int = 1):
     """Warm-up iterations (student frozen, activation ranges calibrating)."""
