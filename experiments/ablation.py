@@ -5,7 +5,9 @@
 For each bit-width and seed: the FP teacher, PTQ calibrated on Gaussian noise, and six trained
 variants (GDFQ, +input perturbation, +weight perturbation, +both, +diversity, full RIS), each
 a `configs/demo.py` run. Finished runs are skipped, so an interrupted ablation resumes. Writes
-experiments/results/ablation_digits.md, ablation_digits.png and samples_gdfq_vs_ris.png.
+experiments/results/ablation_digits.md, ablation_digits.png, samples_gdfq_vs_ris.png and
+ablation_digits.raw.json (every run's results; `--tables-only` regenerates the table and plot
+from it without running anything).
 No tuning happened on the test split: every hyper-parameter is method.md's default or the
 demo's.
 """
@@ -20,6 +22,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tables  # noqa: E402
 from configs import demo  # noqa: E402
 from ris_jax import config as config_lib  # noqa: E402
 
@@ -101,12 +106,13 @@ def run_all(plan, out, steps):
   return rows
 
 
-def write_table(rows, plan, out, command):
+def write_table(rows, plan, command):
   order = ['FP teacher', 'PTQ on Gaussian noise'] + list(VARIANTS)
   lines = ['# Ablation on the offline digits teacher', '',
            'ResNet-20 layout, 16×16 digits, 360 test images (one image = 0.28 points); mean ± std '
-           'over seeds; best = best evaluation during fine-tuning (every 1/5 of the run), final = '
-           f'last step. Command: `{command}`.', '']
+           '(population) over seeds, then each seed\'s value in seed order; best = best '
+           'evaluation during fine-tuning (every 1/5 of the run), final = last step. '
+           f'Command: `{command}`. Generated from `ablation_digits.raw.json` by the script.', '']
   for bits, seeds in plan.items():
     wall = [r.get('wall_s', 0) for n in VARIANTS for r in rows[(bits, n)]]
     lines += [f'## {bits.upper()} (seeds {", ".join(map(str, seeds))})', '',
@@ -114,15 +120,11 @@ def write_table(rows, plan, out, command):
               '|---|---|---|---|']
     for name in order:
       rs = rows[(bits, name)]
-      final = np.array([r['student_top1_final'] for r in rs])
-      best = np.array([r['student_top1_best'] for r in rs])
-      lines.append(f'| {name} | {final.mean():.2f} ± {final.std():.2f} | '
-                   f'{best.mean():.2f} ± {best.std():.2f} | {len(rs)} |')
+      lines.append(f"| {name} | {tables.mean_std(r['student_top1_final'] for r in rs)} | "
+                   f"{tables.mean_std(r['student_top1_best'] for r in rs)} | {len(rs)} |")
     lines += ['', f'Wall time per trained run: {np.mean(wall):.0f} s (mean; one run trains every '
               'bit-width of its seed on one generator).', '']
-  with open(os.path.join(RESULTS, 'ablation_digits.md'), 'w') as f:
-    f.write('\n'.join(lines))
-  print('\n'.join(lines))
+  tables.write('ablation_digits.md', lines)
   return order
 
 
@@ -169,7 +171,15 @@ def main():
   parser.add_argument('--out', default='/tmp/ris_ablation')
   parser.add_argument('--compile-cache', default='~/.cache/ris_jax/xla',
                       help="persistent XLA compilation cache ('' = off): seeds share programs")
+  parser.add_argument('--tables-only', action='store_true',
+                      help='regenerate the table and plot from results/ablation_digits.raw.json')
   args = parser.parse_args()
+  if args.tables_only:
+    command, raw = tables.load_raw('ablation_digits')
+    plan = raw['plan']
+    rows = {tuple(k.split('|')): v for k, v in raw['runs'].items()}
+    plot(rows, list(plan), write_table(rows, plan, command))
+    return
   if args.compile_cache:
     import jax
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
@@ -181,7 +191,10 @@ def main():
     plan = {b: [int(x) for x in args.seeds.split(',')] for b in args.bits.split(',')}
   os.makedirs(RESULTS, exist_ok=True)
   rows = run_all(plan, args.out, args.steps)
-  order = write_table(rows, plan, args.out, 'python experiments/ablation.py ' + ' '.join(sys.argv[1:]))
+  command = tables.command('ablation.py')
+  tables.save_raw('ablation_digits', command,
+                  {'plan': plan, 'runs': {'|'.join(k): v for k, v in rows.items()}})
+  order = write_table(rows, plan, command)
   plot(rows, list(plan), order)
   first = next(iter(plan))
   samples_side_by_side(args.out, first, plan[first][0])

@@ -8,7 +8,11 @@ Per seed: PTQ calibrated on Gaussian noise, the six trained variants of
 +diversity, full RIS), each a `configs/fashion_resnet.py` run shortened to --steps, and the
 real-data upper bound: the same student calibrated and fine-tuned on real training images
 (`ris_jax.real_finetune`, same steps / batch / learning rates). Finished runs are skipped, so
-an interrupted ablation resumes. Writes experiments/results/ablation_fashion.{md,png} and samples_fashion_gdfq_vs_ris.png.
+an interrupted ablation resumes. Writes experiments/results/ablation_fashion.{md,png},
+samples_fashion_gdfq_vs_ris.png and ablation_fashion.raw.json (every run's results;
+`--tables-only` regenerates the table and plot from it). The table holds generated numbers
+only; the reading of one generation is in ablation_fashion_reading.md (hand-written, not
+regenerated).
 No tuning on the test split: every hyper-parameter is method.md's or fashion_resnet.py's.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import ablation  # noqa: E402  (VARIANTS: the same six trained variants as on digits)
+import tables  # noqa: E402
 from configs import fashion_resnet  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
@@ -83,13 +88,6 @@ def run_all(bits, seeds, out, steps):
   return rows
 
 
-def _mean_std(values):
-  values = [v for v in values if v is not None]
-  if not values:
-    return '–'
-  return f'{np.mean(values):.2f} ± {np.std(values):.2f}'
-
-
 def write_table(rows, bits, seeds, steps, command):
   order = ['FP teacher', NOISE_PTQ, REAL_PTQ] + list(VARIANTS) + [UPPER]
   c = variant_config(bits, seeds[0], {}, steps)
@@ -99,7 +97,8 @@ def write_table(rows, bits, seeds, steps, command):
       f'Teacher `{c.teacher.arch}` (configs/teacher_fashion.py, '
       f'{c.teacher_training.epochs} epochs); evaluation on the 10,000 real test images (one '
       'image = 0.01 points). Mean ± std (population) over seeds '
-      f'{", ".join(map(str, seeds))}. Every trained run: {tc.steps} iterations of batch '
+      f'{", ".join(map(str, seeds))}, then each seed\'s value in seed order. Every trained run: '
+      f'{tc.steps} iterations of batch '
       f'{tc.batch_size}, student frozen and activation ranges calibrating for the first '
       f'{tc.warmup_steps}, learning rates ×0.1 at {tc.decay_steps[0]}: **much shorter than '
       f'configs/fashion_resnet.py ({fashion_resnet.get_config().train.steps} iterations)**, '
@@ -108,31 +107,20 @@ def write_table(rows, bits, seeds, steps, command):
       f'{tc.steps}; "before fine-tuning" = the student calibrated on the run\'s own images at '
       f'iteration {tc.warmup_steps}. The upper bound is the same student and schedule on real '
       "training images ('train' split, KD + CE on the real labels); its calibrated student is "
-      'the PTQ-on-real-images row. No hyper-parameter was tuned on the test split.', '',
+      'the PTQ-on-real-images row. No hyper-parameter was tuned on the test split. Generated '
+      'from `ablation_fashion.raw.json` by the script (the hand-written reading of one '
+      'generation: `ablation_fashion_reading.md`).', '',
       f'Command: `{command}`', '',
-      '| method | top-1 final | top-1 best | before fine-tuning | final per seed | wall s / run |',
-      '|---|---|---|---|---|---|']
+      '| method | top-1 final | top-1 best | before fine-tuning | wall s / run |',
+      '|---|---|---|---|---|']
   for name in order:
     rs = rows[name]
-    final = _mean_std([r['student_top1_final'] for r in rs])
-    best = _mean_std([r.get('student_top1_best') for r in rs])
-    initial = _mean_std([r.get('student_top1_initial') for r in rs])
     walls = [r['wall_s'] for r in rs if r.get('wall_s')]
-    wall = f'{np.mean(walls):.0f}' if walls else '–'
-    per_seed = ', '.join(f"{r['student_top1_final']:.2f}" for r in rs)
-    lines.append(f'| {name} | {final} | {best} | {initial} | {per_seed} | {wall} |')
-  lines += ['', 'Wall time per run and seed (s): ' + '; '.join(
-      f'{name}: ' + ', '.join(f"{r['wall_s']:.0f}" for r in rows[name])
-      for name in list(VARIANTS) + [UPPER]), '']
-  path = os.path.join(RESULTS, 'ablation_fashion.md')
-  if os.path.isfile(path):  # a hand-written '## Reading' section survives regeneration
-    with open(path) as f:
-      old = f.read()
-    if '\n## Reading' in old:
-      lines += [old[old.index('\n## Reading') + 1:].rstrip('\n'), '']
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines))
-  print('\n'.join(lines))
+    wall = tables.mean_std(walls, 0) if walls else '–'
+    lines.append(f"| {name} | {tables.mean_std(r['student_top1_final'] for r in rs)} | "
+                 f"{tables.mean_std(r.get('student_top1_best') for r in rs)} | "
+                 f"{tables.mean_std(r.get('student_top1_initial') for r in rs)} | {wall} |")
+  tables.write('ablation_fashion.md', lines)
   return order
 
 
@@ -177,7 +165,14 @@ def main():
   parser.add_argument('--out', default='/tmp/ris_ablation_fashion')
   parser.add_argument('--compile-cache', default='~/.cache/ris_jax/xla',
                       help="persistent XLA compilation cache ('' = off): seeds share programs")
+  parser.add_argument('--tables-only', action='store_true',
+                      help='regenerate the table and plot from results/ablation_fashion.raw.json')
   args = parser.parse_args()
+  if args.tables_only:
+    command, raw = tables.load_raw('ablation_fashion')
+    rows = raw['runs']
+    plot(rows, raw['bits'], write_table(rows, raw['bits'], raw['seeds'], raw['steps'], command))
+    return
   if args.compile_cache:
     import jax
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
@@ -185,7 +180,9 @@ def main():
   seeds = [int(s) for s in args.seeds.split(',')]
   os.makedirs(RESULTS, exist_ok=True)
   rows = run_all(args.bits, seeds, args.out, args.steps)
-  command = 'python experiments/ablation_fashion.py ' + ' '.join(sys.argv[1:])
+  command = tables.command('ablation_fashion.py')
+  tables.save_raw('ablation_fashion', command, {'bits': args.bits, 'seeds': seeds,
+                                                'steps': args.steps, 'runs': rows})
   order = write_table(rows, args.bits, seeds, args.steps, command)
   plot(rows, args.bits, order)
   samples_side_by_side(args.out, args.bits, seeds[0])

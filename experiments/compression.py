@@ -11,7 +11,8 @@
    training images as a reference; then greedy per-layer weight clipping by output MSE.
 
 Finished runs are skipped, so an interrupted experiment resumes. Writes
-experiments/results/dfkd_digits.md and ptq_digits.md.
+experiments/results/dfkd_digits.md and ptq_digits.md, and beside each its `.raw.json` (every
+run's results; `--tables-only` regenerates both tables from them without running anything).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tables  # noqa: E402
 from configs import dfkd_digits, ptq_digits, teacher_digits  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
@@ -105,9 +109,7 @@ def run_ptq(out, seeds, bits_list, only_sources=None):
   return rows
 
 
-def _ms(values, digits=2):
-  v = np.asarray(values, float)
-  return f'{v.mean():.{digits}f} ± {v.std():.{digits}f}'
+_ms = tables.mean_std
 
 
 def write_dfkd(rows, real, seeds, command):
@@ -119,9 +121,10 @@ def write_dfkd(rows, real, seeds, command):
            f'generator images: {r0["steps"]} iterations, batch {r0["batch_size"]}, KD (τ = 4, '
            'batchmean) + CE on the labels the images were generated for; the generator trains '
            'alongside (one generator step, then one student step per iteration). Top-1 on the '
-           '360 held-out test digits (one image = 0.28 points); mean ± std over seeds '
-           f'{", ".join(map(str, seeds))}; final = last step, best = best of the evaluations '
-           'every 100 steps (reported for comparison with the literature, not a result).',
+           '360 held-out test digits (one image = 0.28 points); mean ± std (population) over seeds '
+           f'{", ".join(map(str, seeds))}, then each seed\'s value in seed order; final = last '
+           'step, best = best of the evaluations every 100 steps (reported for comparison with '
+           'the literature, not a result). Generated from `dfkd_digits.raw.json` by the script.',
            f'Command: `{command}`.', '',
            '| student trained on | top-1 final | top-1 best | teacher top-1 on the synthetic '
            'batches | wall time per run |',
@@ -136,15 +139,13 @@ def write_dfkd(rows, real, seeds, command):
                  f'{_ms([r["student_top1_best"] for r in rs])} | '
                  f'{_ms([r["teacher_acc_on_synthetic"] for r in rs], 1)} | '
                  f'{np.mean([r["wall_s"] for r in rs]):.0f} s |')
-  lines += ['', 'Per seed (final): ' + '; '.join(
-      f'{METHODS[m]} ' + ', '.join(f'{r["student_top1_final"]:.2f}' for r in rows[m])
-      for m in METHODS), '',
+  lines += ['',
       'Teacher top-1 on the synthetic batches: how often the teacher assigns a generated image '
       'the label it was generated for, mean of the last 4 logged training batches (steps '
       f'{r0["steps"] - 150}–{r0["steps"]}).',
       'Wall times were measured on the 2-core CPU shared with two to four other jobs (upper '
       'bounds).', '']
-  _write('dfkd_digits.md', lines)
+  tables.write('dfkd_digits.md', lines)
 
 
 def write_ptq(rows, bits_list, seeds, command):
@@ -160,8 +161,10 @@ def write_ptq(rows, bits_list, seeds, command):
            'generators are those of the DFKD runs (`dfkd_digits.md`, same seed). Weight '
            'clipping: greedy per layer, α ∈ {1, 0.95, …, 0.5} of each channel\'s [min, max], '
            'chosen to minimize the MSE between the quantized and the FP logits on 256 of the '
-           'calibration images. Mean ± std over seeds ' + ', '.join(map(str, seeds)) +
-           ' (noise and real: other draws; generators: other training seeds).',
+           'calibration images. Mean ± std (population) over seeds ' + ', '.join(map(str, seeds)) +
+           ', then each seed\'s value in seed order (noise and real: other draws; generators: '
+           'other training seeds); logit MSEs: means. Generated from `ptq_digits.raw.json` by '
+           'the script.',
            f'Command: `{command}`.', '', '## Top-1 after calibration only', '', header, rule]
   for name in names:
     lines.append(f'| {name} | ' + ' | '.join(
@@ -180,14 +183,7 @@ def write_ptq(rows, bits_list, seeds, command):
   lines += ['', f'Wall time per PTQ run (calibration, clipping search, two evaluations, '
             f'compilation included): {np.mean(wall):.0f} s mean, {np.max(wall):.0f} s max, on '
             'the shared 2-core CPU.', '']
-  _write('ptq_digits.md', lines)
-
-
-def _write(name, lines):
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, name), 'w') as f:
-    f.write('\n'.join(lines))
-  print('\n'.join(lines), flush=True)
+  tables.write('ptq_digits.md', lines)
 
 
 def main():
@@ -204,24 +200,37 @@ def main():
   parser.add_argument('--out', default='/tmp/ris_compression')
   parser.add_argument('--compile-cache', default='~/.cache/ris_jax/xla',
                       help="persistent XLA compilation cache ('' = off)")
+  parser.add_argument('--tables-only', action='store_true',
+                      help='regenerate both tables from results/{dfkd,ptq}_digits.raw.json')
   args = parser.parse_args()
+  if args.tables_only:
+    command, raw = tables.load_raw('dfkd_digits')
+    write_dfkd(raw['runs'], raw['real'], raw['seeds'], command)
+    command, raw = tables.load_raw('ptq_digits')
+    write_ptq({tuple(k.split('|')): v for k, v in raw['runs'].items()}, raw['bits'], raw['seeds'],
+              command)
+    return
   if args.compile_cache:
     import jax
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(args.compile_cache))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   seeds = [int(s) for s in args.seeds.split(',')]
-  command = ' '.join(['python experiments/compression.py'] + sys.argv[1:])
+  command = tables.command('compression.py')
   start = time.time()
   methods = args.methods.split(',')
   partial = args.sources or methods != list(METHODS)
   if not args.sources or {'gen_gdfq', 'gen_ris'} & set(args.sources.split(',')):
     rows = run_dfkd(args.out, seeds, args.steps, methods)
     if args.only != 'ptq' and not partial:
-      write_dfkd(rows, run_real_student(args.out, seeds), seeds, command)
+      real = run_real_student(args.out, seeds)
+      tables.save_raw('dfkd_digits', command, {'seeds': seeds, 'runs': rows, 'real': real})
+      write_dfkd(rows, real, seeds, command)
   if args.only != 'dfkd':
     bits = args.bits.split(',')
     rows = run_ptq(args.out, seeds, bits, args.sources and args.sources.split(','))
     if not partial:
+      tables.save_raw('ptq_digits', command, {'seeds': seeds, 'bits': bits,
+                                              'runs': {'|'.join(k): v for k, v in rows.items()}})
       write_ptq(rows, bits, seeds, command)
   print(f'total {time.time() - start:.0f} s', flush=True)
 

@@ -7,7 +7,8 @@ perturbation, σ of the input noise), plus the GDFQ baseline; every run evaluate
 fixed stratified 288 of the digits training images, never the test split). The setting with the
 best final validation accuracy is then run on the test split for seeds 0, 1, 2 (runs that
 `experiments/ablation.py` already made in the same --ablation-out are reused). Writes
-experiments/results/tune_digits.md. Resumable: finished runs are skipped.
+experiments/results/tune_digits.md and tune_digits.raw.json (every run's results). Resumable:
+finished runs are skipped.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ import json
 import os
 import sys
 
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import ablation  # noqa: E402
+import tables  # noqa: E402
 from configs import demo  # noqa: E402
 
 FULL = ablation.VARIANTS['full RIS']
@@ -86,24 +87,23 @@ def main():
     else:
       workdir = os.path.join(args.out, args.bits, 'test', slug(chosen), f'seed{seed}')
     test.append(run(setting_config(args.bits, seed, SETTINGS[chosen], args.steps, 'test'), workdir))
+  command = tables.command('tune_digits.py')
+  tables.save_raw('tune_digits', command, {'val': val, 'chosen': chosen, 'test': test})
   lines = [f'# Tuning full RIS on the digits validation split, {args.bits.upper()}', '',
            f'{args.steps} iterations per run, seed 0, evaluated on `val` (288 of the 1,437 digits '
            'training images — also seen by the teacher in training, so validation accuracies run '
            'higher than test ones); one setting changed at a time from method.md\'s defaults. '
-           f'Command: `python experiments/tune_digits.py {" ".join(sys.argv[1:])}`.', '',
+           f'Command: `{command}`.', '',
            '| setting | val top-1 final | val top-1 best | calibrated |', '|---|---|---|---|']
   for name in SETTINGS:
     r = val[name]
     lines.append(f"| {name} | {r['student_top1_final']:.2f} | {r['student_top1_best']:.2f} | "
                  f"{r['student_top1_initial']:.2f} |")
-  final = np.array([r['student_top1_final'] for r in test])
-  best = np.array([r['student_top1_best'] for r in test])
-  lines += ['', f'Chosen on validation: **{chosen}**. On the test split (seeds 0, 1, 2): final '
-            f'{final.mean():.2f} ± {final.std():.2f}, best {best.mean():.2f} ± {best.std():.2f} '
-            f'(per seed final: {", ".join(f"{v:.2f}" for v in final)}).', '']
-  with open(os.path.join(HERE, 'results', 'tune_digits.md'), 'w') as f:
-    f.write('\n'.join(lines))
-  print('\n'.join(lines))
+  lines += ['', f'Chosen on validation: **{chosen}**. On the test split (seeds 0, 1, 2; mean ± std, '
+            'then each seed): final '
+            f"{tables.mean_std(r['student_top1_final'] for r in test)}, best "
+            f"{tables.mean_std(r['student_top1_best'] for r in test)}.", '']
+  tables.write('tune_digits.md', lines)
 
 
 if __name__ == '__main__':
