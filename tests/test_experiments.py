@@ -1,0 +1,84 @@
+"""The experiment scripts' result tables (experiments/tables.py and the writers): the recorded
+command reruns what ran, every mean ± std shows its per-seed values, and a regenerated table
+holds only what this generation computed. Synthetic rows, a temporary results directory."""
+import os
+import re
+import shlex
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, 'experiments'))
+
+import ablation  # noqa: E402
+import ablation_fashion  # noqa: E402
+import compression  # noqa: E402
+import tables  # noqa: E402
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+  monkeypatch.setattr(tables, 'RESULTS', str(tmp_path))
+  return tmp_path
+
+
+def test_command_is_shell_quoted():
+  argv = ['--plan', 'w3a3=0,1,2;w4a4=0,1,2', '--out', '/tmp/a b']
+  cmd = tables.command('ablation.py', argv)
+  assert cmd == "python experiments/ablation.py --plan 'w3a3=0,1,2;w4a4=0,1,2' --out '/tmp/a b'"
+  assert shlex.split(cmd)[2:] == argv  # pasted into a shell: the same arguments
+
+
+def test_mean_std_carries_every_seed():
+  assert tables.mean_std([94.0, 95.5, 96.25]) == '95.25 ± 0.94 (94.00, 95.50, 96.25)'
+  assert tables.mean_std([None, 80.0]) == '80.00'
+  assert tables.mean_std([None, None]) == '–'
+
+
+def _fashion_rows(shift):
+  run = lambda v: {'student_top1_final': v + shift, 'student_top1_best': v + shift + 1,
+                   'student_top1_initial': v - 10, 'wall_s': 100.0, 'teacher_top1': 89.0}
+  names = (['FP teacher', ablation_fashion.NOISE_PTQ, ablation_fashion.REAL_PTQ]
+           + list(ablation.VARIANTS) + [ablation_fashion.UPPER])
+  return {n: [run(70.0 + i), run(71.0 + i), run(72.5 + i)] for i, n in enumerate(names)}
+
+
+def test_fashion_table_regenerates_from_raw_results_only(results_dir):
+  command = tables.command('ablation_fashion.py', ['--bits', 'w4a4', '--seeds', '0,1,2'])
+  tables.save_raw('ablation_fashion', command, {'bits': 'w4a4', 'seeds': [0, 1, 2], 'steps': 300,
+                                                'runs': _fashion_rows(0.0)})
+  ablation_fashion.write_table(_fashion_rows(0.0), 'w4a4', [0, 1, 2], 300, command)
+  path = results_dir / 'ablation_fashion.md'
+  path.write_text(path.read_text() + '\n## Reading\n\n- full RIS 12.34 (written by hand)\n')
+  # A rerun with other numbers: nothing of the first generation or of the hand-written text.
+  command2, raw = tables.load_raw('ablation_fashion')
+  assert command2 == command
+  ablation_fashion.write_table(_fashion_rows(5.0), 'w4a4', [0, 1, 2], 300, command)
+  text = path.read_text()
+  assert '12.34' not in text and '## Reading' not in text
+  assert f'Command: `{command}`' in text
+  row = next(line for line in text.splitlines() if line.startswith('| full RIS |'))
+  i = list(ablation.VARIANTS).index('full RIS') + 3
+  v = 70.0 + i + 5.0
+  assert f'({v:.2f}, {v + 1:.2f}, {v + 2.5:.2f})' in row  # final, per seed
+  assert len(re.findall(r'± [\d.]+ \(', row)) == 4  # final, best, before fine-tuning, wall
+
+
+def test_ptq_and_dfkd_tables_show_per_seed_values(results_dir):
+  seeds, bits = [0, 1, 2], ['w4a4', 'w3a3']
+  names = ['Gaussian noise'] + list(compression.METHODS.values()) + ['real digits (reference)']
+  run = lambda v: {'top1_calibrated': v, 'top1_clipped': v + 1, 'mse_before': 2.0, 'mse_after': 1.0,
+                   'teacher_top1': 99.72, 'calibration_images': 3200, 'wall_s': 10.0}
+  rows = {(b, n): [run(90.0), run(91.0), run(93.0)] for b in bits for n in names}
+  compression.write_ptq(rows, bits, seeds, 'python experiments/compression.py')
+  text = (results_dir / 'ptq_digits.md').read_text()
+  assert text.count('91.33 ± 1.25 (90.00, 91.00, 93.00)') == 2 * len(names)
+  dfkd = {m: [{'student_top1_final': 70.0 + s, 'student_top1_best': 75.0, 'teacher_top1': 99.72,
+               'teacher_acc_on_synthetic': 50.0, 'wall_s': 300.0, 'steps': 800, 'batch_size': 64}
+              for s in seeds] for m in compression.METHODS}
+  real = [{'test_top1': 99.0 + 0.1 * s, 'wall_s': 50.0} for s in seeds]
+  compression.write_dfkd(dfkd, real, seeds, 'python experiments/compression.py')
+  text = (results_dir / 'dfkd_digits.md').read_text()
+  assert '71.00 ± 0.82 (70.00, 71.00, 72.00)' in text and '(99.00, 99.10, 99.20)' in text
