@@ -6,13 +6,13 @@ output MSE (ris_jax/ptq.py).
     python -m ris_jax.main --config configs/ptq_digits.py:w4a8 --workdir /tmp/ptq_w4a8_ris \
         --config.ptq.source=generator:/tmp/dfkd_ris
 
-Argument: w8a8 | w6a6 | w4a8 | w4a4 | w3a3. `--config.ptq.source` = noise (default) | real |
+Argument: w8a8 | w6a6 | w4a8 | w4a4 | w3a3 | w2a4. `--config.ptq.source` = noise (default) | real |
 generator:<workdir of a trained run of this teacher, e.g. configs/dfkd_digits.py or demo.py>.
 Results: experiments/results/ptq_digits.md (`python experiments/compression.py`).
 """
 from configs import _published, default
 
-BITS = ('w8a8', 'w6a6', 'w4a8', 'w4a4', 'w3a3')
+BITS = ('w8a8', 'w6a6', 'w4a8', 'w4a4', 'w3a3', 'w2a4')
 
 
 def get_config(bits='w8a8'):
