@@ -1,6 +1,7 @@
 """Flax teachers vs the pytorchcv models they are converted from: logits, BN/feature taps,
 the reverse conversion and the quantized-ops variant."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -207,3 +208,64 @@ def test_quantized_ops_keep_the_teacher_variables(arch):
   assert leaves == {'lo', 'hi', 'count'}
   assert all(v.shape == () for _, v in ranges)
 
+
+
+@pytest.mark.parametrize('eps', [1e-5, 0.8])  # PyTorch's default; GDFQ's generator layers
+def test_training_mode_batchnorm_matches_torch(eps):
+  """layers.BatchNorm in training mode (momentum 0.9 = PyTorch's 0.1) against
+  torch.nn.BatchNorm2d in train(): outputs normalized by the batch statistics, and the running
+  mean / unbiased running variance after each of three updates."""
+  from ris_jax import layers
+  rng = np.random.default_rng(0)
+  c = 5
+  ref = torch.nn.BatchNorm2d(c, eps=eps, momentum=0.1).double().train()
+  with torch.no_grad():
+    ref.weight.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, c)))
+    ref.bias.copy_(torch.from_numpy(rng.standard_normal(c)))
+    ref.running_mean.copy_(torch.from_numpy(rng.standard_normal(c)))
+    ref.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, c)))
+  bn = layers.BatchNorm(use_running_average=False, momentum=0.9, epsilon=eps)
+  f32 = lambda t: jnp.asarray(t.detach().numpy(), jnp.float32)
+  variables = {'params': {'scale': f32(ref.weight), 'bias': f32(ref.bias)},
+               'batch_stats': {'mean': f32(ref.running_mean), 'var': f32(ref.running_var)}}
+  step = jax.jit(lambda v, x: bn.apply(v, x, mutable=['batch_stats']))
+  for i in range(3):
+    x = (rng.standard_normal((4, 3, 3, c)) * (1 + i) + i).astype(np.float32)  # n = 36 per channel
+    out, upd = step(variables, x)
+    variables = {**variables, 'batch_stats': upd['batch_stats']}
+    with torch.no_grad():
+      want = ref(torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(out, want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variables['batch_stats']['mean'], ref.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(variables['batch_stats']['var'], ref.running_var.numpy(), rtol=1e-5)
+  # rtol 1e-5 tells the unbiased running variance from the biased one: n / (n − 1) = 1 + 1/35.
+
+
+def test_training_mode_network_matches_pytorchcv():
+  """The DFKD student (resnet8_digits) in training mode, two batches: logits and every BN's
+  running statistics against the pytorchcv model in train()."""
+  arch = 'resnet8_digits'
+  spec = get_arch(arch)
+  model = random_torch_model(arch).double().train()
+  variables = convert_state_dict(spec, model)
+  module = spec.module()
+  step = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=['batch_stats']))
+  for seed in range(2):
+    xt, xf = random_batch(arch, n=8, seed=seed)
+    logits, upd = step(variables, xf)
+    variables = {**variables, 'batch_stats': upd['batch_stats']}
+    with torch.no_grad():
+      want = model(xt.double())
+    np.testing.assert_allclose(logits, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+  back = flax_to_torch(arch, variables)
+  stats = [k for k in back if k.endswith(('running_mean', 'running_var'))]
+  assert len(stats) == 2 * 9  # stem, 2 per unit × 3, 2 projection shortcuts
+  for key in stats:
+    np.testing.assert_allclose(back[key].numpy(), model.state_dict()[key].numpy(), rtol=1e-4,
+                               atol=1e-5, err_msg=key)
+
+
+def convert_state_dict(spec, model):
+  from ris_jax import convert as convert_lib
+  return convert_lib.torch_to_flax(spec, {k: v.float() if v.is_floating_point() else v
+                                          for k, v in model.state_dict().items()})
