@@ -1,12 +1,15 @@
 """Every config in configs/ loads the way `python -m ris_jax.main --config` loads it (with each
 documented argument), passes `ris_jax.config.validate`, and sets no field that the defaults
 lack (a stale or misspelt field would otherwise be added silently)."""
+import functools
 import glob
 import importlib
 import inspect
 import os
 import re
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from absl import flags
@@ -130,3 +133,58 @@ def test_validate_refuses_bad_values():
   config.loss.kd_reduction = 'sum'
   with pytest.raises(UserError, match='kd_reduction'):
     config_lib.validate(config)
+
+
+def _abstract_teacher(spec):
+  x = jax.ShapeDtypeStruct((1,) + spec.input_shape, jnp.float32)
+  v = jax.eval_shape(lambda x: spec.module().init(jax.random.key(0), x, train=False), x)
+  return {'params': v['params'], 'batch_stats': v['batch_stats']}
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_its_models_and_a_step(name):
+  """Each config's models and state, and one step of its mode, traced abstractly
+  (jax.eval_shape: no weights, no compute): a teacher/student/generator that do not fit
+  together fails here, not on a user's machine."""
+  from ris_jax import student, train
+  from ris_jax.models import get_arch
+  config = load(name)
+  if config.method == 'gdfq':
+    config = config_lib.gdfq_baseline(config)
+  spec = get_arch(config.teacher.arch)
+  module, t_vars = spec.module(), _abstract_teacher(spec)
+  classes = spec.num_classes
+  if config.mode == 'train_teacher':
+    b = config.teacher_training.batch_size
+    x = jax.ShapeDtypeStruct((b,) + spec.input_shape, jnp.float32)
+    logits, _ = jax.eval_shape(lambda v, x: module.apply(v, x, train=True, mutable=['batch_stats']),
+                               t_vars, x)
+    assert logits.shape == (b, classes)
+    return
+  if config.mode == 'ptq':
+    x = jax.ShapeDtypeStruct((config.ptq.batch_size,) + spec.input_shape, jnp.float32)
+
+    def calibrate(t_vars, x):
+      s_module, s_vars = student.make_student(spec, t_vars, train.quant_spec(config))
+      return student.calibrate_step(s_module, s_vars, x)
+    logits, s_vars = jax.eval_shape(calibrate, t_vars, x)
+    assert logits.shape == (config.ptq.batch_size, classes) and 'quant_ranges' in s_vars
+    return
+  assert config.mode in config_lib.TRAINING_MODES
+  built = {}
+
+  def build(t_vars):
+    built['models'], state = train.build(config, spec, module, t_vars)
+    return state
+  state = jax.eval_shape(build, t_vars)
+  models = built['models']
+  assert (models.generator.image_size, models.generator.channels) == (spec.image_size,
+                                                                      spec.in_channels)
+  # One fine-tuning iteration (generator step, then student step with calibration).
+  step = functools.partial(train.ris_step, models=models, batch_size=config.train.batch_size,
+                           mesh=train.make_mesh(), update_student=True, calibrate=True)
+  new, metrics = jax.eval_shape(step, state, t_vars, jnp.zeros(2))
+  assert jax.tree.map(lambda s: (s.shape, s.dtype), new) == jax.tree.map(
+      lambda s: (s.shape, s.dtype), state)
+  assert metrics['g_loss'].shape == metrics['s_loss'].shape == ()
+  assert ('g_rob' in metrics) == bool(config.loss.robust_weight)
