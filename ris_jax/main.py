@@ -11,9 +11,18 @@ from ml_collections import config_flags
 
 from ris_jax.errors import UserError, exit_with_error
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+def define_flags(flag_values=flags.FLAGS):
+  """Defines --config and --workdir on `flag_values`; returns their holders."""
+  config = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                           flag_values=flag_values, lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.',
+                                flag_values=flag_values)
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
+  return config, workdir
+
+
+_CONFIG, _WORKDIR = define_flags()
 
 
 def run(config, workdir: str) -> dict:
@@ -58,11 +67,11 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values=None):
   """absl flag parsing with config errors (unknown field — with ml_collections' "did you
   mean" —, bad value, missing file) as one line on stderr and exit code 2."""
   try:
-    return flags.FLAGS(argv)
+    return (flags.FLAGS if flag_values is None else flag_values)(argv)
   except (KeyError, AttributeError, ValueError, flags.Error) as e:
     detail = str(e.args[0] if e.args else e).replace('\\n', ' ').replace('\n', ' ')
     detail = ' '.join(detail.replace('\\', '').split()).strip('\'"').replace("' Did", ': did')
@@ -78,15 +87,21 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # keep jax/orbax/tfds chatter off the terminal
   try:
-    try:
-      config = _CONFIG.value
-      config.mode  # config files load lazily: a missing or broken file fails here
-    except OSError as e:
-      raise UserError(f'cannot load the config file: {" ".join(str(e).split())[:300]}') from None
-    results = run(config, _WORKDIR.value)
+    results = run_flags(_CONFIG, _WORKDIR)
   except UserError as e:
     exit_with_error(e)
   print(json.dumps(results, indent=2))
+
+
+def run_flags(config_flag, workdir_flag) -> dict:
+  """`run` on parsed --config / --workdir holders; a config file that cannot load is a
+  `UserError` too."""
+  try:
+    config = config_flag.value
+    config.mode  # config files load lazily: a missing or broken file fails here
+  except OSError as e:
+    raise UserError(f'cannot load the config file: {" ".join(str(e).split())[:300]}') from None
+  return run(config, workdir_flag.value)
 
 
 if __name__ == '__main__':

@@ -1,18 +1,48 @@
 """Shared fixtures of the training tests: a small digits teacher trained once per session, the
-tiny RIS config built on it, and a per-session persistent compilation cache.
+tiny RIS config built on it, the demo run from the command line, and one persistent
+compilation cache for the whole session.
 
-The RIS step takes ~30 s to compile on 2 CPU cores; with the cache, every test (and every
-subprocess) that runs the same tiny config on the same device count compiles it once.
+The RIS step takes ~30 s to compile on 2 CPU cores. One jax compilation cache serves this
+process and every subprocess of the session (the environment variables are set before jax is
+imported and are inherited): each program of the tiny configs is compiled once per session,
+whichever test or subprocess needs it first. The cache is a fresh directory per session,
+deleted at the end; RIS_JAX_TEST_COMPILE_CACHE=DIR keeps one across sessions instead.
 """
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # plain `pytest` (not `python -m pytest`) finds ris_jax and configs
   sys.path.insert(0, REPO)
+
+_SESSION_CACHE = []  # the directory made by pytest_configure, removed by pytest_unconfigure
+
+
+def pytest_configure(config):
+  path = os.environ.get('RIS_JAX_TEST_COMPILE_CACHE')
+  if path:
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+  else:
+    path = tempfile.mkdtemp(prefix='ris_jax_test_xla_cache_')
+    _SESSION_CACHE.append(path)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  if 'jax' in sys.modules:  # imported by a plugin before this hook: set the config directly
+    import jax
+    jax.config.update('jax_compilation_cache_dir', path)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def pytest_unconfigure(config):
+  for path in _SESSION_CACHE:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
@@ -30,27 +60,16 @@ def digits_teacher(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def compile_cache(tmp_path_factory):
-  """Enables jax's persistent compilation cache in a fresh per-session directory (this process
-  and, through `subprocess_env`, subprocesses); restores the previous setting afterwards."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  path = str(tmp_path_factory.mktemp('jax_cache'))
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  cc.reset_cache()  # an earlier compile may have recorded "no cache" for this process
-  yield path
-  jax.config.update('jax_compilation_cache_dir', old[0])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
-  cc.reset_cache()
+def compile_cache():
+  """The session's jax compilation cache directory (see the module docstring)."""
+  return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
 def tiny_config(teacher_dir: str):
   """The demo config (full RIS: input + weight perturbation, decorrelated soft labels, W3A3)
   at test size: batch 16, a width-16 generator with a 16-d latent. Tests change only
   train.{steps, warmup_steps, calibration_steps, *_every}, which leave the compiled step
-  unchanged (so the compilation cache serves them all)."""
+  unchanged (so the compilation cache serves them all; test_reliability's runs too)."""
   from configs import demo
   c = demo.get_config()
   c.teacher.checkpoint = teacher_dir
@@ -82,3 +101,22 @@ def run_python(args, env, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
     pytest.fail(f'python {" ".join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'
                 f'{proc.stderr[-6000:]}')
   return proc
+
+
+# The demo at test size from the command line: the same compiled step as `tiny_config`.
+DEMO_OVERRIDES = {'train.steps': 6, 'train.batch_size': 16, 'generator.width': 16,
+                  'generator.latent_dim': 16, 'train.warmup_steps': 1,
+                  'train.calibration_steps': 1, 'train.log_every': 3, 'train.eval_every': 3,
+                  'train.checkpoint_every': 3, 'train.progress': False}
+
+
+@pytest.fixture(scope='session')
+def demo_run(digits_teacher, compile_cache, tmp_path_factory):
+  """(workdir, printed results) of `python -m ris_jax.main --config configs/demo.py` (RIS and
+  the GDFQ baseline, W3A3) for 6 tiny steps: checked by test_train, exported by test_export."""
+  workdir = tmp_path_factory.mktemp('demo') / 'demo'
+  overrides = {**DEMO_OVERRIDES, 'teacher.checkpoint': digits_teacher}
+  proc = run_python(['-m', 'ris_jax.main', '--config', 'configs/demo.py', '--workdir', str(workdir)]
+                    + [f'--config.{k}={v}' for k, v in overrides.items()],
+                    subprocess_env(compile_cache))
+  return workdir, json.loads(proc.stdout[proc.stdout.index('{'):])

@@ -3,10 +3,13 @@ validation before compute, the NaN/Inf guard, `overwrite`, and corrupt inputs to
 export (the README's "Reliability" table).
 
 Every run is a subprocess of a tiny RIS config (random-init digits teacher, batch 16, 8
-iterations) sharing a per-module jax compilation cache: one run compiles (the reference), the
-others load. To keep the file short on 2 cores the scenarios run concurrently (threads, each
-driving subprocesses): the config-error cases while the reference compiles, everything that
-needs the reference after it. Each test waits for its scenario and checks what it saw.
+iterations) sharing the session's jax compilation cache (conftest): the first run compiles,
+the others load. To keep the file short on 2 cores the scenarios run concurrently (threads, each
+driving subprocesses): two config-error cases while the reference compiles, everything that
+needs the reference after it. Each test waits for its scenario and checks what it saw. Config
+errors and the export errors that `loop.load_student` raises are checked in this process
+(main's flag parsing and `main.run_flags`; `loop.load_student`), a few of each end to end as
+subprocesses (exit code 2, one line on stderr).
 """
 import concurrent.futures
 import json
@@ -126,9 +129,9 @@ def assert_same_run(a, b):
 
 
 @pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  cache = str(tmp_path_factory.mktemp('jax_cache'))
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PLATFORMS='cpu',
+def env(compile_cache):
+  """Subprocess environment: the session's compilation cache (conftest), CPU."""
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PLATFORMS='cpu',
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
   env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split() if 'device_count' not in f)
@@ -159,7 +162,7 @@ def scenarios(teacher, env, tmp_path_factory):
   tmp = lambda name: tmp_path_factory.mktemp(name)
   pool = concurrent.futures.ThreadPoolExecutor(PARALLEL)
   futures = {f'config:{case}': pool.submit(config_error, case, teacher, env, tmp(case))
-             for case in CONFIG_ERRORS}
+             for case in SUBPROCESS_CONFIG_ERRORS}
   futures['cli:convert_truncated_pth'] = pool.submit(convert_truncated_pth, teacher, env,
                                                      tmp('convert'))
   try:
@@ -172,7 +175,8 @@ def scenarios(teacher, env, tmp_path_factory):
                      ('overwrite', overwrite)]:
       futures[name] = pool.submit(fn, reference, teacher, env, tmp(name))
     for case in CLI_CASES:
-      futures[f'cli:{case}'] = pool.submit(cli_case, case, reference, teacher, env, tmp(case))
+      if case not in IN_PROCESS_CLI_CASES:
+        futures[f'cli:{case}'] = pool.submit(cli_case, case, reference, teacher, env, tmp(case))
     yield futures
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
@@ -189,10 +193,15 @@ def test_reference_run(scenarios):
   assert [r['step'] for r in metrics(workdir)] == [0, 2, 2, 4, 4, 6, 8, 8]
 
 
+# The kill point is drawn from this seed, printed by the test (and in its failure messages):
+# RIS_JAX_KILL_SEED=<seed> replays a failing draw.
+KILL_SEED = int(os.environ.get('RIS_JAX_KILL_SEED') or random.SystemRandom().randrange(2 ** 31))
+
+
 def kill_9(reference, teacher, env, tmp):
-  """SIGKILL after a random logged step plus a random delay; rerun."""
+  """SIGKILL after a random logged step plus a random delay (drawn from KILL_SEED); rerun."""
   workdir = str(tmp / 'run')
-  rng = random.Random()
+  rng = random.Random(KILL_SEED)
   after, delay = rng.randrange(EVERY, STEPS - 1), rng.uniform(0.0, 0.5)
   proc = start(main_args(teacher, workdir), env)
   path = os.path.join(workdir, 'metrics.jsonl')
@@ -216,19 +225,24 @@ def kill_9(reference, teacher, env, tmp):
 
 def test_kill_9_at_a_random_step_resumes_losing_at_most_one_interval(scenarios):
   seen = scenarios['kill_9'].result()
-  print(f"killed after step {seen['after']} + {seen['delay']:.2f} s: last logged step "
-        f"{seen['logged']}, checkpoints {seen['steps']}")
-  assert seen['rc'] == -signal.SIGKILL, f"ended ({seen['rc']}) before the kill: {seen['err'][-2000:]}"
+  replay = f'RIS_JAX_KILL_SEED={KILL_SEED}'
+  print(f"kill seed {KILL_SEED} ({replay} replays it): killed after step {seen['after']} + "
+        f"{seen['delay']:.2f} s: last logged step {seen['logged']}, checkpoints {seen['steps']}")
+  assert seen['rc'] == -signal.SIGKILL, \
+      f"{replay}: ended ({seen['rc']}) before the kill: {seen['err'][-2000:]}"
   done, _ = seen['steps']
   last = done[-1] if done else 0  # killed before the first checkpoint: starts again
-  assert last < STEPS
-  assert seen['logged'] - last <= EVERY  # at most one checkpoint interval is lost
+  assert last < STEPS, replay
+  assert seen['logged'] - last <= EVERY, replay  # at most one checkpoint interval is lost
   if done:
-    assert f'resuming from the checkpoint of step {last}' in seen['out']
+    assert f'resuming from the checkpoint of step {last}' in seen['out'], replay
   else:
-    assert 'resuming' not in seen['out']
-  assert steps_in(seen['workdir']) == ([6, 8], [])
-  assert_same_run(scenarios['reference'].result()[0], seen['workdir'])
+    assert 'resuming' not in seen['out'], replay
+  assert steps_in(seen['workdir']) == ([6, 8], []), replay
+  try:
+    assert_same_run(scenarios['reference'].result()[0], seen['workdir'])
+  except AssertionError as e:
+    raise AssertionError(f'{replay}: {e}') from None
 
 
 def kill_in_save(reference, teacher, env, tmp):
@@ -367,24 +381,56 @@ def truncated_copy(src, dst, size):
   return str(dst)
 
 
-def config_error(case, teacher, env, tmp):
+# Run as `python -m ris_jax.main` subprocesses (the exit-2 contract end to end: a flag error
+# and a config error found by validation); the other cases run main's code in this process.
+SUBPROCESS_CONFIG_ERRORS = ('unknown_key', 'batch_12_on_8_devices')
+
+
+def config_error_args(case, teacher, tmp):
   (tmp / 'file').write_text('')
   (tmp / 'torn').mkdir()
   (tmp / 'torn' / 'config.json').write_text('{"mode": "train", "se')  # a torn write
   fill = dict(tmp=tmp, pth=teacher['pth'],
               truncated=truncated_copy(teacher['pth'], tmp / 'truncated.pth', 20_000))
+  return main_args(teacher, tmp / 'run', *[a.format(**fill) for a in CONFIG_ERRORS[case][0]])
+
+
+def config_error(case, teacher, env, tmp):
   case_env = dict(env)
   if case == 'batch_12_on_8_devices':
     case_env['XLA_FLAGS'] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count=8"
-  workdir = tmp / 'run'
-  rc, _, err = run(main_args(teacher, workdir, *[a.format(**fill) for a in CONFIG_ERRORS[case][0]]),
-                   case_env)
-  return rc, err, workdir
+  rc, _, err = run(config_error_args(case, teacher, tmp), case_env)
+  return rc, err, tmp / 'run'
+
+
+def main_in_process(argv, monkeypatch, capsys):
+  """(exit code, stderr) of `python -m ris_jax.main ARGV` computed in this process: main's flag
+  parsing (fresh flags; overrides are read from sys.argv), then `main.run_flags`; a UserError
+  is what `main.main` prints before exiting 2."""
+  from absl import flags
+  from ris_jax import main
+  from ris_jax.errors import UserError
+  values = flags.FlagValues()
+  config, workdir = main.define_flags(values)
+  monkeypatch.setattr(sys, 'argv', ['ris_jax.main', *argv])
+  try:
+    main.parse_flags(sys.argv, values)
+  except SystemExit as e:
+    return e.code, capsys.readouterr().err
+  try:
+    main.run_flags(config, workdir)
+  except UserError as e:
+    return 2, f'error: {e}\n'
+  return 0, ''
 
 
 @pytest.mark.parametrize('case', list(CONFIG_ERRORS))
-def test_config_errors_before_any_compute(scenarios, case):
-  rc, err, workdir = scenarios[f'config:{case}'].result()
+def test_config_errors_before_any_compute(scenarios, teacher, case, tmp_path, monkeypatch, capsys):
+  if case in SUBPROCESS_CONFIG_ERRORS:
+    rc, err, workdir = scenarios[f'config:{case}'].result()
+  else:
+    rc, err = main_in_process(config_error_args(case, teacher, tmp_path)[2:], monkeypatch, capsys)
+    workdir = tmp_path / 'run'
   assert_user_error(rc, err, *CONFIG_ERRORS[case][1])
   assert not os.path.exists(workdir)
 
@@ -403,7 +449,14 @@ CLI_CASES = {
 }
 
 
-def cli_case(case, reference, teacher, env, tmp):
+# Checked in this process (the message of `loop.load_student`, which `python -m ris_jax.export`
+# prints as its one-line error); the others run the CLI as a subprocess.
+IN_PROCESS_CLI_CASES = ('export_workdir_without_run', 'export_checkpoints_deleted',
+                        'export_no_complete_checkpoint', 'export_torn_config')
+
+
+def prepare_cli_case(case, reference, tmp):
+  """(workdir, out): a copy of the reference run damaged as `case` says."""
   workdir, out = str(tmp / 'run'), str(tmp / 'exported')
   if case == 'export_workdir_without_run':
     os.makedirs(workdir)
@@ -422,6 +475,12 @@ def cli_case(case, reference, teacher, env, tmp):
   if case == 'export_torn_config':
     with open(os.path.join(workdir, 'config.json'), 'r+') as f:
       f.truncate(100)
+  return workdir, out
+
+
+def cli_case(case, reference, teacher, env, tmp):
+  workdir, out = prepare_cli_case(case, reference, tmp)
+  ckpt = os.path.join(workdir, 'checkpoints')
   if case == 'resume_damaged_checkpoint':
     rc, _, err = run(main_args(teacher, workdir), env)
     shutil.rmtree(os.path.join(ckpt, '8'))  # what the error says to do
@@ -437,8 +496,16 @@ def convert_truncated_pth(teacher, env, tmp):
 
 
 @pytest.mark.parametrize('case', ['convert_truncated_pth'] + list(CLI_CASES))
-def test_corrupt_inputs_of_export_and_convert(scenarios, case):
-  rc, stdout, err, out = scenarios[f'cli:{case}'].result()
+def test_corrupt_inputs_of_export_and_convert(scenarios, case, tmp_path):
+  if case in IN_PROCESS_CLI_CASES:
+    from ris_jax import loop
+    from ris_jax.errors import UserError
+    workdir, out = prepare_cli_case(case, scenarios['reference'].result()[0], tmp_path)
+    with pytest.raises(UserError) as e:
+      loop.load_student(workdir)
+    rc, stdout, err = 2, '', f'error: {e.value}\n'
+  else:
+    rc, stdout, err, out = scenarios[f'cli:{case}'].result()
   if case == 'export_ok':
     assert rc == 0, err[-3000:]
     assert sorted(os.listdir(out)) == ['student.pt2', 'student_state_dict.pth']
