@@ -1,7 +1,6 @@
 """Export of a calibrated digits student to PyTorch: state dict + torch.export program."""
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -189,18 +188,24 @@ def test_program_runs_without_ris_jax(w4a4, digits, tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / 'y.npy'), here, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_uses_loop_load_student(w4a4, monkeypatch, tmp_path, capsys):
+def test_cli_exports_a_trained_run(demo_run, tmp_path, capsys):
+  """The real path: a training run's checkpoint → `python -m ris_jax.export` (its main, in
+  process) → student.pt2, whose predictions on the digits test split are the JAX student's
+  and score the run's final top-1."""
   from ris_jax import loop
-  calls = []
-
-  def load_student(workdir, bits=None):
-    calls.append((workdir, bits))
-    return w4a4['spec'], w4a4['qspec'], w4a4['variables']
-
-  monkeypatch.setattr(loop, 'student_tags', lambda workdir: ('w4a4',))
-  monkeypatch.setattr(loop, 'load_student', load_student)
-  export.main(['--workdir', 'W', '--out', str(tmp_path / 'cli')])
-  assert calls == [('W', None)]
+  workdir, printed = demo_run
+  run = str(workdir / 'ris')
+  export.main(['--workdir', run, '--out', str(tmp_path / 'cli')])
+  assert 'exported resnet20_digits W3A3' in capsys.readouterr().out
   assert (tmp_path / 'cli' / export.STATE_DICT_FILE).is_file()
-  assert (tmp_path / 'cli' / export.PROGRAM_FILE).is_file()
-  assert 'exported resnet20_digits W4A4' in capsys.readouterr().out
+  spec, qspec, variables = loop.load_student(run)
+  assert (qspec.w_bits, qspec.a_bits) == (3, 3)
+  test = data.load_arrays('digits', 'test')
+  j = np.asarray(jax.jit(spec.module(qspec.ops()).apply)(variables, test['image']))
+  program = torch.export.load(str(tmp_path / 'cli' / export.PROGRAM_FILE)).module()
+  with torch.no_grad():
+    t = program(_nchw(test['image'])).numpy()
+  assert (j.argmax(1) == t.argmax(1)).mean() >= 0.995
+  assert np.median(np.abs(j - t).max(1)) <= 1e-5 * np.abs(j).max()
+  top1 = 100 * np.mean(t.argmax(1) == test['label'])
+  assert abs(top1 - printed['ris']['student_top1_final']) <= 100 / 360 + 1e-9  # one image

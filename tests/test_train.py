@@ -8,6 +8,7 @@ import json
 import os
 from unittest import mock
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -209,15 +210,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(digits_teacher, comp
 
 
 def test_step_compiles_once_per_phase(digits_teacher, compile_cache, tmp_path):
+  """Two calls per phase show what forty do: the jit cache holds one program through the
+  warm-up and two through the fine-tuning (no recompilation per step, nor at the logging,
+  evaluation and checkpoint steps in between)."""
   config = tiny_config(digits_teacher)
-  config.train.steps = 40
-  config.train.warmup_steps = config.train.calibration_steps = 20
-  config.train.log_every = 20
-  config.train.eval_every = config.train.checkpoint_every = 40
+  config.train.steps = 4
+  config.train.warmup_steps = config.train.calibration_steps = 2
+  config.train.log_every = 1
+  config.train.eval_every = config.train.checkpoint_every = 2
   calls = []
   with watched_steps(calls):
     loop.train_and_evaluate(config, str(tmp_path))
-  assert calls == [(False, True, 1)] * 20 + [(True, False, 2)] * 20
+  assert calls == [(False, True, 1)] * 2 + [(True, False, 2)] * 2
 
 
 # ----------------------------------------------------------------------------- main
@@ -227,25 +231,26 @@ REQUIRED = {'teacher_top1', 'student_top1_initial', 'student_top1_final', 'stude
             'w_bits', 'a_bits', 'steps', 'wall_s'}
 
 
-def test_main_end_to_end(digits_teacher, compile_cache, tmp_path):
-  workdir = tmp_path / 'demo'
-  overrides = {'train.steps': 6, 'train.batch_size': 16, 'generator.width': 16,
-               'generator.latent_dim': 16, 'train.warmup_steps': 1, 'train.calibration_steps': 1,
-               'train.log_every': 3, 'train.eval_every': 3, 'train.checkpoint_every': 3,
-               'train.progress': False, 'teacher.checkpoint': digits_teacher}
-  proc = run_python(['-m', 'ris_jax.main', '--config', 'configs/demo.py', '--workdir', str(workdir)]
-                    + [f'--config.{k}={v}' for k, v in overrides.items()],
-                    subprocess_env(compile_cache))
-  printed = json.loads(proc.stdout[proc.stdout.index('{'):])
+def _summary_rows(text):
+  """{method: (final, best)} of summary.md's table."""
+  rows = {}
+  for line in text.splitlines():
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    if len(cells) == 3 and cells[0] not in ('method', '---'):
+      rows[cells[0]] = (float(cells[1]), float(cells[2]))
+  return rows
+
+
+def test_main_end_to_end(demo_run, tmp_path):
+  from PIL import Image
+  from ris_jax import ptq
+  workdir, printed = demo_run
   assert set(printed) == {'ris', 'gdfq'}
   for name in ('ris', 'gdfq'):
     run = workdir / name
     results = json.loads((run / 'results.json').read_text())
     assert REQUIRED <= set(results), REQUIRED - set(results)
     assert (results['steps'], results['w_bits'], results['a_bits']) == (6, 3, 3)
-    for k in ('teacher_top1', 'student_top1_initial', 'student_top1_final', 'student_top1_best'):
-      assert 0.0 <= results[k] <= 100.0, (k, results[k])
-    assert results['student_top1_best'] >= results['student_top1_final']
     assert results['teacher_top1'] > 30.0  # the trained teacher, read from teacher.checkpoint
     assert printed[name] == results
     rows = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
@@ -253,7 +258,42 @@ def test_main_end_to_end(digits_teacher, compile_cache, tmp_path):
     assert [r['step'] for r in logged] == [3, 6]
     assert ('g_rob' in logged[-1]) == (name == 'ris')  # the baseline has no robustness term
     assert all(np.isfinite(v) for r in logged for v in r.values())
-    assert (run / 'samples.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # initial = the evaluation at the end of the warm-up (step 1), final = the last
+    # evaluation, best = the best evaluation after the warm-up; the teacher's is logged at 0.
+    evals = {r['step']: r['student_top1'] for r in rows if 'student_top1' in r}
+    assert sorted(evals) == [3, 6]
+    assert [r['student_top1_initial'] for r in rows if 'student_top1_initial' in r] == [
+        results['student_top1_initial']] and rows[1]['step'] == 1
+    assert rows[0] == {'step': 0, 'teacher_top1': results['teacher_top1']}
+    assert results['student_top1_final'] == evals[6]
+    assert results['student_top1_best'] == max(evals.values())
+    # The final student of the checkpoint scores the final accuracy.
+    models, state = ptq.load_generator(str(run))
+    from ris_jax import evaluation, teacher
+    config = json.loads((run / 'config.json').read_text())
+    assert config['method'] == name and int(state.step) == 6
+    _, _, t_vars = teacher.get_teacher(ml_collections.ConfigDict(config))
+    assert evaluation.accuracy(models.student, train.student_variables(state, t_vars), 'digits',
+                               'test', 360) == results['student_top1_final']
+    # samples.png: the labelled grid (10 classes × 8, 0.7 in each at 80 dpi) of the final
+    # generator's images, as re-rendered here from the checkpoint; not blank.
+    png = np.asarray(Image.open(run / 'samples.png').convert('RGB'), np.float64)
+    assert png.shape == (560, 448, 3)
+    again = tmp_path / name
+    again.mkdir()
+    loop._sample_png(models, state, str(again), 'digits', 6, config['seed'])
+    np.testing.assert_array_equal(png, np.asarray(Image.open(again / 'samples.png').convert('RGB'),
+                                                  np.float64))
+    cells = png[100:500, 50:440].reshape(-1, 3)
+    assert cells.std() > 20 and len(np.unique(cells[:, 0])) > 50
     assert {'3', '6'} <= set(os.listdir(run / 'checkpoints'))
+  # summary.md: both runs' figures, side by side.
   summary = (workdir / 'summary.md').read_text()
-  assert 'GDFQ' in summary and 'RIS' in summary and 'teacher' in summary
+  assert summary.startswith('W3A3, 6 iterations, batch 16\n')
+  ris, gdfq = printed['ris'], printed['gdfq']
+  assert _summary_rows(summary) == {
+      'FP teacher': (round(ris['teacher_top1'], 2),) * 2,
+      'calibrated (before fine-tuning)': (round(ris['student_top1_initial'], 2),) * 2,
+      'GDFQ (CE + BNS)': (round(gdfq['student_top1_final'], 2), round(gdfq['student_top1_best'], 2)),
+      'RIS': (round(ris['student_top1_final'], 2), round(ris['student_top1_best'], 2))}
+  assert gdfq['teacher_top1'] == ris['teacher_top1']
