@@ -69,7 +69,8 @@ def train_teacher(config, out_dir: str) -> Dict[str, Any]:
 
   start = time.time()
   np_rng = np.random.RandomState(tc.seed)
-  bar = tqdm(range(total_steps), desc='teacher', dynamic_ncols=True)
+  bar = tqdm(range(total_steps), desc='teacher', dynamic_ncols=True,
+             disable=not distributed.is_primary())  # one bar, process 0's
   for i in bar:
     if i % steps_per_epoch == 0:
       order = np_rng.permutation(n)
