@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -55,11 +56,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main'), slurm=True):
-  """Runs `python SCRIPT ARGS` as `processes` processes of `devices` CPU devices each (with
+def start(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main'), slurm=True):
+  """Starts `python SCRIPT ARGS` as `processes` processes of `devices` CPU devices each (with
   --config.distributed=True and a SLURM-style environment when more than one, or, not
-  `slurm`, JAX_NUM_PROCESSES and JAX_PROCESS_ID as in the README); returns
-  [(exit code, stdout, stderr)] in process order."""
+  `slurm`, JAX_NUM_PROCESSES and JAX_PROCESS_ID as in the README); `finish` waits for them.
+  Runs that do not depend on each other overlap: while process 1 compiles, process 0 mostly
+  waits for it."""
   procs = []
   port = free_port()
   for i in range(processes):
@@ -73,18 +75,31 @@ def launch(args, cache, processes=1, devices=1, script=('-m', 'ris_jax.main'), s
       else:
         env.update(JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
       extra = ['--config.distributed=True']
-    procs.append(subprocess.Popen([sys.executable, *script, *args, *extra], cwd=REPO, env=env,
-                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-  out = []
-  for p in procs:
+    out, err = tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')
+    procs.append((subprocess.Popen([sys.executable, *script, *args, *extra], cwd=REPO, env=env,
+                                   text=True, stdout=out, stderr=err), out, err))
+  return procs
+
+
+def finish(procs):
+  """[(exit code, stdout, stderr)] of `start`'s processes, in process order."""
+  result = []
+  for p, out, err in procs:
     try:
-      stdout, stderr = p.communicate(timeout=TIMEOUT)
+      p.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-      for q in procs:
+      for q, _, _ in procs:
         q.kill()
-      stdout, stderr = p.communicate()
-    out.append((p.returncode, stdout, stderr))
-  return out
+      p.wait()
+    out.seek(0), err.seek(0)
+    result.append((p.returncode, out.read(), err.read()))
+    out.close(), err.close()
+  return result
+
+
+def launch(*args, **kwargs):
+  """`start` then `finish`."""
+  return finish(start(*args, **kwargs))
 
 
 def ok(runs):
@@ -179,11 +194,11 @@ def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
   the reference, `ptq.run` in this process."""
   from configs import ptq_digits
   from ris_jax import ptq
-  overrides = {'teacher.arch': ARCH, 'teacher.checkpoint': teacher['dir'], 'quant.w_bits': 4, 'quant.a_bits': 4,
-               'ptq.calibration_batches': 2, 'ptq.batch_size': 32, 'ptq.clip_batches': 2,
+  overrides = {'teacher.arch': ARCH, 'teacher.checkpoint': teacher['dir'], 'quant.w_bits': 4,
+               'quant.a_bits': 4, 'ptq.calibration_batches': 2, 'ptq.batch_size': 32, 'ptq.clip_batches': 2,
                'ptq.clip_grid': (1.0, 0.9, 0.8), 'data.eval_batch_size': 100}
   args = ['--config', 'configs/ptq_digits.py', *(f'--config.{k}={v}' for k, v in overrides.items())]
-  ok(launch(args + [f'--workdir={tmp_path / "two"}'], compile_cache, processes=2))
+  two = start(args + [f'--workdir={tmp_path / "two"}'], compile_cache, processes=2)
   config = ptq_digits.get_config()
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
@@ -192,6 +207,7 @@ def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
       node = node[name]
     node[leaf] = value
   ptq.run(config, str(tmp_path / 'one'))
+  ok(finish(two))
   two, one = results(tmp_path / 'two'), results(tmp_path / 'one')
   assert sorted(os.listdir(tmp_path / 'two')) == ['config.json', 'results.json']
   assert two == one
@@ -210,9 +226,10 @@ def training(teacher, compile_cache, tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost_training')
   args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}']
   w = {name: str(root / name) for name in ('one', 'two')}
-  out = {'one': ok(launch(args + [f'--workdir={w["one"]}'], compile_cache, devices=2))}
-  out['killed'] = launch(['kill_after_save', '2', *args, f'--workdir={w["two"]}'], compile_cache,
-                         processes=2, script=(FAULTS,))
+  one = start(args + [f'--workdir={w["one"]}'], compile_cache, devices=2)
+  out = {'killed': launch(['kill_after_save', '2', *args, f'--workdir={w["two"]}'], compile_cache,
+                          processes=2, script=(FAULTS,))}
+  out['one'] = ok(finish(one))
   out['killed_steps'] = sorted(os.listdir(os.path.join(w['two'], 'checkpoints')))
   out['killed_files'] = sorted(os.listdir(w['two']))
   out['two'] = ok(launch(args + [f'--workdir={w["two"]}'], compile_cache, processes=2))
@@ -227,12 +244,14 @@ def without_wall_time(printed_results: dict) -> dict:
   return {k: v for k, v in printed_results.items() if k != 'wall_s'}
 
 
-def assert_rows_close(a, b):
-  """Equal metrics.jsonl rows (`rows`): same steps and keys, values to float tolerance."""
+def assert_rows_close(a, b, student_rtol=1e-5):
+  """Equal metrics.jsonl rows (`rows`): same steps and keys, values to float tolerance
+  (`student_rtol` for the student's losses on synthetic images, `s_*`)."""
   assert [(x['step'], sorted(x)) for x in a] == [(y['step'], sorted(y)) for y in b]
   for x, y in zip(a, b):
     for k in x:
-      np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-6, err_msg=f'step {x["step"]} {k}')
+      rtol = student_rtol if k.startswith('s_') else 1e-5
+      np.testing.assert_allclose(x[k], y[k], rtol=rtol, atol=1e-6, err_msg=f'step {x["step"]} {k}')
 
 
 def test_two_processes_write_each_file_once(training):
@@ -289,15 +308,18 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(teacher, compile
   the losses of step 1, from the same initial state, already differ by float rounding; a
   student update turns such noise into W8 level flips (seen: 1-2 of the 360 test digits after
   1-2 steps). Frozen, the student (weights, activation ranges) and its accuracy are identical;
-  the generator took one Adam step (each parameter moves by at most its learning rate)."""
+  its losses on the synthetic images, whose generator normalizes with 4-way batch statistics,
+  agree to 1e-3 (W8A8 activations at a level boundary); the generator took one Adam step
+  (each parameter moves by at most its learning rate)."""
   args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}', '--config.train.steps=1',
                         '--config.train.warmup_steps=1', '--config.train.calibration_steps=1',
                         '--config.train.eval_every=1', '--config.train.checkpoint_every=1']
+  one = start(args + [f'--workdir={tmp_path / "one"}'], compile_cache, devices=4)
   ok(launch(args + [f'--workdir={tmp_path / "two"}'], compile_cache, processes=2, devices=2))
-  ok(launch(args + [f'--workdir={tmp_path / "one"}'], compile_cache, devices=4))
+  ok(finish(one))
   assert_files_written_once(tmp_path / 'two')
   two, one = rows(tmp_path / 'two'), rows(tmp_path / 'one')
-  assert_rows_close(two, one)
+  assert_rows_close(two, one, student_rtol=1e-3)
   assert [x['step'] for x in two if 'g_loss' in x] == [1]
   assert results(tmp_path / 'two')['devices'] == 4
   assert results(tmp_path / 'two') == results(tmp_path / 'one')
@@ -315,15 +337,11 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(teacher, compile
 
 
 def test_unreachable_coordinator_and_indivisible_batch_are_one_line_errors(compile_cache, tmp_path):
-  env = subprocess_env(compile_cache)
-  env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{free_port()}', JAX_NUM_PROCESSES='2',
-             JAX_PROCESS_ID='1')
-  base = [sys.executable, '-m', 'ris_jax.main', *TINY, '--config.distributed=True',
-          '--config.cluster.timeout_s=2', f'--workdir={tmp_path / "w"}']
-  proc = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
-  assert lines[0].startswith('error: process 1 cannot reach the coordinator at 127.0.0.1:')
+  # Process 1 of 2 with no process 0 (nothing listens on the port).
+  alone = start(TINY + ['--config.cluster.timeout_s=2', '--config.cluster.num_processes=2',
+                        '--config.cluster.process_id=1', '--config.distributed=True',
+                        f'--config.cluster.coordinator_address=127.0.0.1:{free_port()}',
+                        f'--workdir={tmp_path / "w"}'], compile_cache)
   # Launched as the README shows for local processes (JAX_NUM_PROCESSES, JAX_PROCESS_ID).
   runs = launch(TINY + ['--config.train.batch_size=15', f'--workdir={tmp_path / "b"}'],
                 compile_cache, processes=2, slurm=False)
@@ -332,3 +350,8 @@ def test_unreachable_coordinator_and_indivisible_batch_are_one_line_errors(compi
     assert rc == 2 and len(lines) == 1, stderr[-3000:]
     assert lines[0] == ('error: config.train.batch_size=15 is not divisible by the 2 processes; '
                         'use a multiple of 2')
+  (rc, _, stderr), = finish(alone)
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert rc == 2 and len(lines) == 1, stderr[-3000:]
+  assert lines[0].startswith('error: process 1 cannot reach the coordinator at 127.0.0.1:')
+  assert lines[0].endswith('or raise config.cluster.timeout_s')
