@@ -11,7 +11,8 @@ every program again in every run; the file therefore makes few multi-process run
 The reference for training with N processes × D devices is 1 process × N·D devices: the same
 global batch split over the same number of devices, so the two runs execute the same
 partitioned programs and differ only in how the all-reduces travel (in-process or between
-processes). That 1 and N·D devices agree is tests/test_train.py's business. Evaluation and PTQ
+processes) and, with several devices per process, in the order of their sums (see the 2 × 2
+test). That 1 and N·D devices agree is tests/test_train.py's business. Evaluation and PTQ
 (per-example predictions) are compared with this (1-device) test process.
 
 Every multi-process run is a set of subprocesses (`python -m ris_jax.main`) sharing the
