@@ -223,9 +223,10 @@ def test_diversity_weight_and_student_ce_off_through_the_generator_and_student_l
   kd = tau ** 2 * np.sum(np.exp(log_p) * (log_p - log_q)) / s_logits.size
   s_ce = -np.mean(np.sum(np.asarray(targets) * np_log_softmax(s_logits), -1))
   loss = jax.jit(train.student_loss, static_argnums=(1, 7))
-  args = (t_vars, state.quant_ranges, imgs, targets, logits, False)
-  s_off, (_, m_off) = loss(state.student, models, *args)
-  s_on, _ = loss(state.student, with_loss(models, student_ce=True), *args)
+  (tag,) = models.tags
+  args = (t_vars, state.quant_ranges[tag], imgs, targets, logits, False)
+  s_off, (_, m_off) = loss(state.student[tag], models, *args)
+  s_on, _ = loss(state.student[tag], with_loss(models, student_ce=True), *args)
   np.testing.assert_allclose(m_off['s_kd'], kd, rtol=1e-4)
   np.testing.assert_allclose(s_off, 0.7 * kd, rtol=1e-4)
   np.testing.assert_allclose(s_on, 0.7 * kd + s_ce, rtol=1e-4)
@@ -287,7 +288,7 @@ def test_clipped_ste_zeroes_gradients_outside_the_range(clipped):
   passes = pre > 0
   if clipped:
     passes &= relu <= hi
-  assert (relu > hi).mean() > 0.02  # the range is exceeded somewhere
+  assert (relu > hi).sum() >= 20  # the range is exceeded somewhere
   assert np.all(g[~passes] == 0)
   assert np.mean(g[passes] != 0) > 0.95
 
@@ -437,7 +438,9 @@ def test_one_ris_step_with_every_option_on():
     log_q = jax.nn.log_softmax(logits / cfg.kd_tau)
     return cfg.kd_alpha * cfg.kd_tau ** 2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q)) / logits.size, (logits, upd)
 
-  (value, (s_logits, upd)), grads = jax.jit(jax.value_and_grad(kd_only, has_aux=True))(before.student)
+  (tag,) = models.tags
+  (value, (s_logits, upd)), grads = jax.jit(jax.value_and_grad(kd_only, has_aux=True))(
+      before.student[tag])
   tau = cfg.kd_tau
   lp, lq = np_log_softmax(np.asarray(t_logits) / tau), np_log_softmax(np.asarray(s_logits) / tau)
   np.testing.assert_allclose(metrics['s_loss'],
@@ -445,14 +448,14 @@ def test_one_ris_step_with_every_option_on():
                              rtol=2e-4)
   np.testing.assert_allclose(metrics['s_loss'], value, rtol=2e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               new.quant_ranges, jax.device_get(upd['quant_ranges']))
+               new.quant_ranges[tag], jax.device_get(upd['quant_ranges']))
   s = config.student
   # optax: add_decayed_weights then SGD with Nesterov momentum; first step, zero trace.
   want = jax.tree.map(lambda p, g: p - s.learning_rate * (1 + s.momentum) * (g + s.weight_decay * p),
-                      before.student, jax.device_get(grads))
+                      before.student[tag], jax.device_get(grads))
   moved = []
-  for a, b, p in zip(jax.tree.leaves(new.student), jax.tree.leaves(want),
-                     jax.tree.leaves(before.student)):
+  for a, b, p in zip(jax.tree.leaves(new.student[tag]), jax.tree.leaves(want),
+                     jax.tree.leaves(before.student[tag])):
     # compare the updates, not the parameters (an update is small next to its parameter)
     np.testing.assert_allclose(a - p, b - p, rtol=1e-3, atol=1e-6)
     moved.append(np.abs(a - p).max())
