@@ -33,7 +33,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -224,7 +223,8 @@ def teacher_forward(models: Models, teacher_vars, images, tap_bn: bool = False):
 def draw_perturbation(models: Models, teacher_vars, rng, image_shape):
   """The random parameters of one perturbation draw of L_rob: {'input': the draws of
   `perturb.draw_input_perturbation` (if input perturbation is on), 'weight': ξ, the weight
-  noise tree (if weight perturbation is on; the adversarial variant's random start point)}."""
+  noise tree (if weight perturbation is on; also the adversarial variant's random start point:
+  its ascent direction is sign(∂L_rob/∂ξ) there, zero off the kernels)}."""
   cfg = models.loss
   k_in, k_w = jax.random.split(rng)
   out = {}
@@ -232,7 +232,7 @@ def draw_perturbation(models: Models, teacher_vars, rng, image_shape):
     out['input'] = perturb.draw_input_perturbation(k_in, image_shape, cfg.input_kinds)
   if cfg.weight_perturbation:
     params = teacher_vars['params']
-    out['weight'] = _adversarial_start(k_w, params) if cfg.adversarial else perturb.weight_noise(k_w, params)
+    out['weight'] = perturb.weight_noise(k_w, params)  # the adversarial variant's start too
   return out
 
 
@@ -266,15 +266,6 @@ def robustness_term(models: Models, teacher_vars, images, logits, features, rng,
   else:
     values, aux = jax.lax.map(one_draw, perturbation)
   return jnp.mean(values), jax.tree.map(jnp.mean, aux)
-
-
-def _adversarial_start(rng, params):
-  """The random ξ (every leaf) at which the adversarial variant takes its ascent direction."""
-  leaves, treedef = jax.tree.flatten(params)
-  flat = jax.random.normal(rng, (sum(l.size for l in leaves),))
-  splits = np.cumsum([l.size for l in leaves])[:-1]
-  return jax.tree.unflatten(treedef, [part.reshape(l.shape).astype(l.dtype) for part, l in
-                                      zip(jnp.split(flat, splits), leaves)])
 
 
 def _adversarial_direction(models, teacher_vars, images, logits, features, xi):

@@ -166,10 +166,7 @@ def test_adversarial_weight_perturbation():
   x, rng = images(B), jax.random.PRNGKey(9)
   _, k_w = jax.random.split(rng)
   params = t_vars['params']
-  leaves, treedef = jax.tree.flatten(params)
-  flat = jax.random.normal(k_w, (sum(l.size for l in leaves),))
-  xi = jax.tree.unflatten(treedef, [p.reshape(l.shape) for p, l in zip(
-      jnp.split(flat, np.cumsum([l.size for l in leaves])[:-1]), leaves)])
+  xi = perturb.weight_noise(k_w, params)
   z, f = teacher_out(module, t_vars, x)
 
   def inconsistency(xi):  # L_feat + L_pred (weights 1) of θ + ε|θ|ξ on kernels only
