@@ -56,31 +56,43 @@ def split_accuracy(config, spec, module, variables) -> float:
                   spec.normalization)
 
 
+def sample_mosaic(pixels: np.ndarray, labels: np.ndarray, per_class: int = 8, gap: int = 1):
+  """(rows·(H+gap)−gap, per_class·(W+gap)−gap, C) mosaic of `pixels` (N, H, W, C) in [0, 1]:
+  row r holds the first `per_class` images of the r-th class in `sorted(set(labels))`, the
+  gaps and missing cells white. Returns (mosaic, classes)."""
+  classes = sorted(set(int(l) for l in labels))
+  n, h, w, c = pixels.shape
+  mosaic = np.ones((len(classes) * (h + gap) - gap, per_class * (w + gap) - gap, c), pixels.dtype)
+  for row, cls in enumerate(classes):
+    for col, i in enumerate(np.flatnonzero(labels == cls)[:per_class]):
+      mosaic[row * (h + gap):row * (h + gap) + h, col * (w + gap):col * (w + gap) + w] = pixels[i]
+  return mosaic, classes
+
+
 def save_sample_grid(path: str, images: np.ndarray, labels: np.ndarray, normalization,
                      title: str = '', per_class: int = 8) -> None:
   """PNG grid: one row per class (labelled), `per_class` images each; images (N, H, W, C)
   in the teacher's normalized space, de-normalized for display with its (mean, std)
-  `normalization` (or a dataset name for that dataset's conventional statistics)."""
+  `normalization` (or a dataset name for that dataset's conventional statistics). One image
+  (`sample_mosaic`) in one axes: ~0.1 s, where an axes per image took 2.5 s."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   mean, std = data.normalization(normalization) if isinstance(normalization, str) else normalization
   pixels = np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
-  classes = sorted(set(int(l) for l in labels))
-  fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.7, len(classes) * 0.7),
-                           squeeze=False)
-  for row, c in enumerate(classes):
-    idx = np.flatnonzero(labels == c)[:per_class]
-    for col in range(per_class):
-      ax = axes[row, col]
-      ax.set_xticks([]), ax.set_yticks([])
-      if col < len(idx):
-        img = pixels[idx[col]]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap='gray', vmin=0, vmax=1)
-      if col == 0:
-        ax.set_ylabel(str(c), rotation=0, labelpad=10, fontsize=8)
+  mosaic, classes = sample_mosaic(pixels, np.asarray(labels), per_class)
+  h = images.shape[1]
+  fig, ax = plt.subplots(figsize=(per_class * 0.7, len(classes) * 0.7 + 0.4))
+  ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap='gray', vmin=0, vmax=1,
+            interpolation='nearest')
+  ax.set_xticks([])
+  ax.set_yticks([(h + 1) * row + (h - 1) / 2 for row in range(len(classes))],
+                [str(c) for c in classes], fontsize=8)
+  ax.tick_params(length=0)
+  for side in ax.spines.values():
+    side.set_visible(False)
   if title:
-    fig.suptitle(title, fontsize=9)
+    ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)

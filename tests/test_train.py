@@ -275,10 +275,10 @@ def test_main_end_to_end(demo_run, tmp_path):
     _, _, t_vars = teacher.get_teacher(ml_collections.ConfigDict(config))
     assert evaluation.accuracy(models.student, train.student_variables(state, t_vars), 'digits',
                                'test', 360) == results['student_top1_final']
-    # samples.png: the labelled grid (10 classes × 8, 0.7 in each at 80 dpi) of the final
-    # generator's images, as re-rendered here from the checkpoint; not blank.
+    # samples.png: the labelled grid (10 classes × 8, 0.7 in each, + 0.4 in for the title, at
+    # 80 dpi) of the final generator's images, as re-rendered here from the checkpoint; not blank.
     png = np.asarray(Image.open(run / 'samples.png').convert('RGB'), np.float64)
-    assert png.shape == (560, 448, 3)
+    assert png.shape == (592, 448, 3)
     again = tmp_path / name
     again.mkdir()
     loop._sample_png(models, state, str(again), 'digits', 6, config['seed'])
@@ -297,3 +297,22 @@ def test_main_end_to_end(demo_run, tmp_path):
       'GDFQ (CE + BNS)': (round(gdfq['student_top1_final'], 2), round(gdfq['student_top1_best'], 2)),
       'RIS': (round(ris['student_top1_final'], 2), round(ris['student_top1_best'], 2))}
   assert gdfq['teacher_top1'] == ris['teacher_top1']
+
+
+def test_sample_mosaic_puts_each_class_on_its_row():
+  """Row r of the grid holds the first 8 images of the r-th class present, in order, with
+  1-pixel white gaps; a class with fewer images leaves its remaining cells white."""
+  from ris_jax import evaluation
+  rng = np.random.default_rng(0)
+  pixels = rng.uniform(0.0, 0.9, (21, 3, 2, 1))
+  labels = np.array([7] * 9 + [2] * 12)
+  labels[[0, 10]] = 2, 7  # classes interleaved: the mosaic must select by label
+  mosaic, classes = evaluation.sample_mosaic(pixels, labels)
+  assert classes == [2, 7] and mosaic.shape == (2 * 4 - 1, 8 * 3 - 1, 1)
+  for row, cls in enumerate(classes):
+    for col in range(8):
+      cell = mosaic[row * 4:row * 4 + 3, col * 3:col * 3 + 2]
+      np.testing.assert_array_equal(cell, pixels[np.flatnonzero(labels == cls)[col]])
+  assert (mosaic[3] == 1.0).all() and (mosaic[:, 2::3] == 1.0).all()  # the gaps
+  short, _ = evaluation.sample_mosaic(pixels[:3], np.array([1, 1, 1]))
+  assert (short[:, 3 * 3:] == 1.0).all() and (short[:, [0, 1, 3, 4, 6, 7]] < 1.0).all()
