@@ -59,13 +59,16 @@ def components(js, batch_size):
   images, gen_vjp = jax.vjp(apply, gen_vars['params'])
   cot = jax.random.normal(key, images.shape)
   bwd = jax.jit(lambda f, g: f(g))
+  fwd_bwd = jax.jit(lambda p, g: jax.vjp(apply, p)[1](g))
   logits = jax.random.normal(key, (batch_size, models.num_classes))
+  tag = models.tags[0]  # the (first) student
   student_grad = jax.jit(jax.value_and_grad(
-      lambda p: train.student_loss(p, models, js.t_vars, state.quant_ranges, images, targets,
-                                   logits, False)[0]))
+      lambda p: train.student_loss(p, models, js.t_vars, state.quant_ranges[tag], images, targets,
+                                   logits, False, tag=tag)[0]))
   return {'gen_fwd': lambda: fwd(gen_vars['params']),
           'gen_bwd': lambda: bwd(gen_vjp, cot),
-          'student_fwd_bwd': lambda: student_grad(state.student),
+          'gen_fwd_bwd': lambda: fwd_bwd(gen_vars['params'], cot),
+          'student_fwd_bwd': lambda: student_grad(state.student[tag]),
           'step': js.run}
 
 
