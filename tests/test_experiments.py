@@ -82,3 +82,19 @@ def test_ptq_and_dfkd_tables_show_per_seed_values(results_dir):
   compression.write_dfkd(dfkd, real, seeds, 'python experiments/compression.py')
   text = (results_dir / 'dfkd_digits.md').read_text()
   assert '71.00 ± 0.82 (70.00, 71.00, 72.00)' in text and '(99.00, 99.10, 99.20)' in text
+
+
+def test_upsample_seed_check_pairs_the_settings_by_seed(results_dir):
+  import upsample_seed_check as check
+  seeds = [0, 1, 2]
+  runs = {f'full RIS|{s}|{seed}': {'teacher_top1': 99.17, 'student_top1_initial': 80.0,
+                                   'student_top1_final': 90.0 + seed + (0.5 if s == 'parity' else 0),
+                                   'student_top1_best': 95.0, 'wall_s': 100.0}
+          for s in check.SETTINGS for seed in seeds}
+  check.write_table(runs, ['full RIS'], seeds, 'w3a3', 300, 'python experiments/upsample_seed_check.py')
+  text = (results_dir / 'upsample_seed_check.md').read_text()
+  final = text[text.index('## student_top1_final'):text.index('## student_top1_best')]
+  row = next(line for line in final.splitlines() if line.startswith('| full RIS |'))
+  assert row == ('| full RIS | 91.00 ± 0.82 (90.00, 91.00, 92.00) | 91.50 ± 0.82 (90.50, 91.50, '
+                 '92.50) | 0.50 ± 0.00 (0.50, 0.50, 0.50) |')
+  assert 'FP teacher 99.17 %' in text
