@@ -61,7 +61,7 @@ def sample_mosaic(pixels: np.ndarray, labels: np.ndarray, per_class: int = 8, ga
   row r holds the first `per_class` images of the r-th class in `sorted(set(labels))`, the
   gaps and missing cells white. Returns (mosaic, classes)."""
   classes = sorted(set(int(l) for l in labels))
-  n, h, w, c = pixels.shape
+  _, h, w, c = pixels.shape
   mosaic = np.ones((len(classes) * (h + gap) - gap, per_class * (w + gap) - gap, c), pixels.dtype)
   for row, cls in enumerate(classes):
     for col, i in enumerate(np.flatnonzero(labels == cls)[:per_class]):
@@ -80,13 +80,14 @@ def save_sample_grid(path: str, images: np.ndarray, labels: np.ndarray, normaliz
   import matplotlib.pyplot as plt
   mean, std = data.normalization(normalization) if isinstance(normalization, str) else normalization
   pixels = np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
-  mosaic, classes = sample_mosaic(pixels, np.asarray(labels), per_class)
+  gap = 1
+  mosaic, classes = sample_mosaic(pixels, np.asarray(labels), per_class, gap)
   h = images.shape[1]
   fig, ax = plt.subplots(figsize=(per_class * 0.7, len(classes) * 0.7 + 0.4))
   ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap='gray', vmin=0, vmax=1,
             interpolation='nearest')
   ax.set_xticks([])
-  ax.set_yticks([(h + 1) * row + (h - 1) / 2 for row in range(len(classes))],
+  ax.set_yticks([(h + gap) * row + (h - 1) / 2 for row in range(len(classes))],
                 [str(c) for c in classes], fontsize=8)
   ax.tick_params(length=0)
   for side in ax.spines.values():
