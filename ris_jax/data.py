@@ -385,17 +385,19 @@ def _index_batches(n: int, batch_size: int, process_index: int, process_count: i
   return [idx[b * batch_size:(b + 1) * batch_size] for b in range(num)]
 
 
-def _emit(images: np.ndarray, labels: np.ndarray, batch_size: int,
-          pad: bool) -> Dict[str, np.ndarray]:
-  """{"image", "label"}; with `pad`, zero images / label −1 up to batch_size and "mask" (B,)
-  bool marking the real examples."""
+def _emit(images: np.ndarray, labels: np.ndarray, batch_size: int, pad: bool,
+          index: np.ndarray) -> Dict[str, np.ndarray]:
+  """{"image", "label"}; with `pad`, zero images / label −1 up to batch_size, "mask" (B,)
+  bool marking the real examples and "index" (B,) int32, each example's position in the split
+  (−1 for padding)."""
   batch = {'image': images, 'label': labels.astype(np.int32)}
   if pad:
     k = len(labels)
+    fill = lambda a, value: np.concatenate([a, np.full(batch_size - k, value, np.int32)])
     batch = {'image': np.concatenate([images, np.zeros((batch_size - k,) + images.shape[1:],
                                                        images.dtype)]),
-             'label': np.concatenate([batch['label'], np.full(batch_size - k, -1, np.int32)]),
-             'mask': np.arange(batch_size) < k}
+             'label': fill(batch['label'], -1), 'mask': np.arange(batch_size) < k,
+             'index': fill(np.asarray(index, np.int32), -1)}
   return batch
 
 
@@ -417,7 +419,7 @@ def _source_batches(n: int, load, norm, image_shape: Tuple[int, ...], batch_size
       if images.ndim == 3:
         images = images[..., None]
       labels = np.asarray([e[1] for e in examples], np.int32)
-      yield _emit(_normalize_uint8(images, norm), labels, batch_size, pad)
+      yield _emit(_normalize_uint8(images, norm), labels, batch_size, pad, batches[b])
 
 
 def _array_batches(images: np.ndarray, labels: np.ndarray, norm, batch_size: int,
@@ -425,7 +427,7 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, norm, batch_size: int
                    pad: bool) -> Iterator[Dict[str, np.ndarray]]:
   """Batches of in-memory arrays (uint8, or float in [0, 1]), normalized with `norm` per batch."""
   for sel in _index_batches(len(labels), batch_size, process_index, process_count, pad):
-    yield _emit(_normalize_uint8(images[sel], norm), labels[sel], batch_size, pad)
+    yield _emit(_normalize_uint8(images[sel], norm), labels[sel], batch_size, pad, sel)
 
 
 # -------------------------------------------------------------------------------- npz
@@ -536,7 +538,8 @@ def eval_batches(dataset: str, split: str, batch_size: int, data_dir: Optional[s
   Process i of P (default: jax.process_index() of jax.process_count()) gets examples
   i, i + P, i + 2P, …; sum correct counts over processes for the accuracy. With `pad`, every
   batch has B rows (padding: zero images, label −1) plus "mask" (B,) bool, and all processes
-  yield the same number of batches. `dataset` 'folder:<dir>' reads `folder_batches(<dir>)`
+  yield the same number of batches; "index" (B,) then gives each row's position in the split
+  (−1 for padding). `dataset` 'folder:<dir>' reads `folder_batches(<dir>)`
   (split unused); 'npz:<path>' a NumPy archive (split 'all' or 'all[a:b]'). `data_dir`: the
   TFDS data dir, or the directory of Fashion-MNIST's idx files. `normalization`: the teacher's
   (mean, std) (default: the dataset's conventional one); `num_classes`: checks npz labels.

@@ -2,41 +2,79 @@
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+import re
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ris_jax import data, distributed
+from ris_jax.errors import UserError
+
+
+IN_FLIGHT = 8  # evaluation batches the host may dispatch ahead of the device
 
 
 @functools.lru_cache(maxsize=32)
-def _counter(module):
-  """Jitted (correct, counted) of a batch, one per module, so evaluations do not recompile:
-  Σ mask·[argmax module.apply(v, x) = y] and Σ mask, replicated on every device."""
-  def count(variables, images, labels, mask):
+def _counter(module, ranges: Tuple[Tuple[int, int], ...] = ()):
+  """Jitted (1 + K, 2) counts of a batch, one per module and ranges, so evaluations do not
+  recompile: row 0 (Σ mask·[argmax module.apply(v, x) = y], Σ mask), then the same over the
+  examples whose split index lies in each [lo, hi) of `ranges`; replicated on every device."""
+  def count(variables, images, labels, mask, index):
     hit = (jnp.argmax(module.apply(variables, images), -1) == labels) & mask
-    return jnp.stack([jnp.sum(hit), jnp.sum(mask)])
+    selections = [mask] + [mask & (index >= lo) & (index < hi) for lo, hi in ranges]
+    return jnp.stack([jnp.stack([jnp.sum(hit & s), jnp.sum(s)]) for s in selections])
   return jax.jit(count, out_shardings=distributed.replicated())
+
+
+def parse_subsets(text: str) -> Tuple[Tuple[str, int, int], ...]:
+  """'val=0:5000,report=5000:10000' → (('val', 0, 5000), ('report', 5000, 10000)): named
+  ranges [lo, hi) of example positions in the evaluation split. Raises ValueError."""
+  out = []
+  for part in filter(None, (p.strip() for p in (text or '').split(','))):
+    m = re.fullmatch(r'([A-Za-z]\w*)=(\d+):(\d+)', part)
+    if not m or int(m.group(2)) >= int(m.group(3)):
+      raise ValueError(f"'{part}' is not NAME=LO:HI with LO < HI (e.g. val=0:5000)")
+    out.append((m.group(1), int(m.group(2)), int(m.group(3))))
+  if len({name for name, _, _ in out}) != len(out):
+    raise ValueError(f'{text!r} names a subset twice')
+  return tuple(out)
+
+
+def correct_counts(module, variables, dataset: str, split: str = 'test', batch_size: int = 500,
+                   data_dir=None, normalization=None, ranges: Tuple[Tuple[int, int], ...] = ()
+                   ) -> np.ndarray:
+  """(1 + K, 2) int array: (correct top-1 predictions, examples) of `module.apply(variables, x)`
+  over every example of the split, then over the examples at positions [lo, hi) of each of the
+  K `ranges`; data-parallel over every device of every process. `batch_size` is the global
+  batch: each of P processes reads ⌈batch_size / P⌉ (rounded up to its device count) of its
+  examples i, i + P, … per batch, padded (masked) so that all run the same number of equally
+  shaped batches; each example is counted once. `normalization`: the teacher's (mean, std)."""
+  count = _counter(module, tuple((int(lo), int(hi)) for lo, hi in ranges))
+  variables = distributed.replicate(variables)
+  local = distributed.local_batch_size(batch_size)
+  # The counts are summed on the device: the device counts a batch while the host reads and
+  # normalizes the next; a wait every IN_FLIGHT batches only bounds the batches in flight.
+  total = None
+  for i, batch in enumerate(data.eval_batches(dataset, split, local, data_dir, pad=True,
+                                              normalization=normalization)):
+    batch = distributed.shard_batch(batch)
+    counts = count(variables, batch['image'], batch['label'], batch['mask'], batch['index'])
+    total = counts if total is None else total + counts
+    if i % IN_FLIGHT == IN_FLIGHT - 1:
+      jax.block_until_ready(total)
+  if total is None:
+    return np.zeros((1 + len(ranges), 2), np.int64)
+  return np.asarray(distributed.to_host(total), np.int64)
 
 
 def correct_and_total(module, variables, dataset: str, split: str = 'test',
                       batch_size: int = 500, data_dir=None, normalization=None) -> Tuple[int, int]:
-  """(correct top-1 predictions, examples) of `module.apply(variables, x)` over every example
-  of the split, data-parallel over every device of every process. `batch_size` is the global
-  batch: each of P processes reads ⌈batch_size / P⌉ (rounded up to its device count) of its
-  examples i, i + P, … per batch, padded (masked) so that all run the same number of equally
-  shaped batches; each example is counted once. `normalization`: the teacher's (mean, std)."""
-  count = _counter(module)
-  variables = distributed.replicate(variables)
-  local = distributed.local_batch_size(batch_size)
-  totals = np.zeros(2, np.int64)
-  for batch in data.eval_batches(dataset, split, local, data_dir, pad=True,
-                                 normalization=normalization):
-    batch = distributed.shard_batch(batch)
-    totals += distributed.to_host(count(variables, batch['image'], batch['label'], batch['mask']))
-  return int(totals[0]), int(totals[1])
+  """(correct top-1 predictions, examples) over every example of the split (`correct_counts`)."""
+  correct, total = correct_counts(module, variables, dataset, split, batch_size, data_dir,
+                                  normalization)[0]
+  return int(correct), int(total)
 
 
 def accuracy(module, variables, dataset: str, split: str = 'test', batch_size: int = 500,
@@ -49,11 +87,27 @@ def accuracy(module, variables, dataset: str, split: str = 'test', batch_size: i
   return 100.0 * correct / max(total, 1)
 
 
-def split_accuracy(config, spec, module, variables) -> float:
-  """`accuracy` on the evaluation split of `config.data`, normalized as the teacher `spec` expects."""
+def split_accuracies(config, spec, module, variables) -> Dict[str, float]:
+  """Top-1 (%) on the evaluation split of `config.data` ('' key) and on each of its named
+  subsets `config.data.subsets` (e.g. {'': …, 'val': …, 'report': …}), in one pass, normalized
+  as the teacher `spec` expects. A subset beyond the split's end is an error."""
   d = config.data
-  return accuracy(module, variables, d.dataset, d.split, d.eval_batch_size, d.get('data_dir'),
-                  spec.normalization)
+  subsets = parse_subsets(d.get('subsets', ''))
+  counts = correct_counts(module, variables, d.dataset, d.split, d.eval_batch_size,
+                          d.get('data_dir'), spec.normalization,
+                          tuple((lo, hi) for _, lo, hi in subsets))
+  for (name, lo, hi), (_, n) in zip(subsets, counts[1:]):
+    if n != hi - lo:
+      raise UserError(f"config.data.subsets: '{name}={lo}:{hi}' covers {n} of the "
+                      f'{counts[0][1]} examples of {d.dataset} {d.split}; give ranges inside it')
+  names = [''] + [name for name, _, _ in subsets]
+  return {name: 100.0 * c / max(n, 1) for name, (c, n) in zip(names, counts)}
+
+
+def split_accuracy(config, spec, module, variables) -> float:
+  """Top-1 (%) on the evaluation split of `config.data`, normalized as the teacher `spec`
+  expects (`split_accuracies`' whole-split figure)."""
+  return split_accuracies(config, spec, module, variables)['']
 
 
 def sample_mosaic(pixels: np.ndarray, labels: np.ndarray, per_class: int = 8, gap: int = 1):
