@@ -39,6 +39,9 @@ def get_config():
   c.data.split = 'test'
   c.data.data_dir = ml_collections.config_dict.placeholder(str)
   c.data.eval_batch_size = 500
+  # Named ranges of example positions in the evaluation split, each evaluated beside the whole
+  # split in the same pass, e.g. 'val=0:5000,report=5000:10000' (logged as student_top1_val, …).
+  c.data.subsets = ''
 
   c.quant = ml_collections.ConfigDict()
   c.quant.w_bits = 4
@@ -83,10 +86,27 @@ def get_config():
   c.loss.student_ce = True  # False: KD only (AIT variant)
 
   c.student = ml_collections.ConfigDict()
+  # gdfq: SGD on CE + KD (weight decay); ait: AIT's student step, gradient inflation (ris_jax/gi.py)
+  # on the quantized kernels — `configs/_published.ait` also sets KL only and no weight decay.
+  c.student.method = 'gdfq'
+  c.student.gi_threshold = 1e-3  # τ₀: fraction of integer weight codes a step should flip
+  c.student.gi_cap_updates = 200  # α capped near 128 for the first student updates
+  c.student.gi_search_iters = 5  # bisection rounds
+  c.student.gi_max_doublings = 60  # bound on the doubling (AIT has none)
   c.student.learning_rate = 1e-4
   c.student.momentum = 0.9
   c.student.nesterov = True
   c.student.weight_decay = 1e-4
+
+  # Mechanism diagnostics at every evaluation (ris_jax/diagnostics.py): the generator's images
+  # on a fixed probe batch (same z, labels and perturbation draws for every method and seed).
+  c.diagnostics = ml_collections.ConfigDict()
+  c.diagnostics.enabled = True
+  c.diagnostics.probe_size = 100
+  c.diagnostics.seed = 0
+  c.diagnostics.weight_eps = 0.05
+  c.diagnostics.noise_std = 0.1
+  c.diagnostics.input_kinds = ('crop', 'flip', 'translate', 'noise')
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 200

@@ -2,6 +2,7 @@
 
     python -m ris_jax.main --config configs/demo.py --workdir /tmp/demo
     python -m ris_jax.main --config configs/demo.py:w2a4 --workdir /tmp/demo_w2a4
+    python -m ris_jax.main --config configs/demo.py:w3a3,ait --workdir /tmp/demo_ait  # AIT students
 
 Trains (and caches) the digits teacher if absent, then runs RIS in W/ris and GDFQ in
 W/gdfq and writes W/summary.md. Under 5 minutes on 2 CPU cores.
@@ -11,7 +12,7 @@ from configs import default
 
 def get_config(bits='w3a3'):
   from configs import _published
-  w, a, method = _published.parse_arg(bits, ('w2a2', 'w2a3', 'w2a4', 'w3a3', 'w4a4'))
+  w, a, method, with_ait = _published.parse_arg(bits, ('w2a2', 'w2a3', 'w2a4', 'w3a3', 'w4a4'))
   c = default.get_config()
   c.method = method
   c.run_baseline = True
@@ -29,4 +30,4 @@ def get_config(bits='w3a3'):
   c.train.log_every = 50
   c.train.eval_every = 100
   c.train.checkpoint_every = 100
-  return c
+  return _published.ait(c, 1e-3) if with_ait else c

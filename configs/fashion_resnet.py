@@ -16,7 +16,7 @@ from configs import _published, teacher_fashion
 
 
 def get_config(arg='w4a4'):
-  w, a, method = _published.parse_arg(arg, ('w3a3', 'w4a4'))
+  w, a, method, _ = _published.parse_arg(arg, ('w3a3', 'w4a4'), extras=('gdfq',))
   c = teacher_fashion.get_config()  # the same teacher_training fields: the same cached teacher
   c.mode = 'train'
   c.method = method

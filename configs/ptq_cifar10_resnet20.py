@@ -14,7 +14,7 @@ from configs.ptq_digits import BITS
 
 
 def get_config(bits='w8a8'):
-  w, a, method = _published.parse_arg(bits, BITS)
+  w, a, method, _ = _published.parse_arg(bits, BITS, extras=('gdfq',))
   c = default.get_config()
   c.mode = 'ptq'
   c.method = method

@@ -16,7 +16,7 @@ BITS = ('w8a8', 'w6a6', 'w4a8', 'w4a4', 'w3a3', 'w2a4')
 
 
 def get_config(bits='w8a8'):
-  w, a, method = _published.parse_arg(bits, BITS)
+  w, a, method, _ = _published.parse_arg(bits, BITS, extras=('gdfq',))
   c = default.get_config()
   c.mode = 'ptq'
   c.method = method

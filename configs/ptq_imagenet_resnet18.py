@@ -13,7 +13,7 @@ from configs.ptq_digits import BITS
 
 
 def get_config(bits='w8a8'):
-  w, a, method = _published.parse_arg(bits, BITS)
+  w, a, method, _ = _published.parse_arg(bits, BITS, extras=('gdfq',))
   c = _published.imagenet('w4a4', 'resnet18')  # the teacher and data fields
   c.mode = 'ptq'
   c.method = method

@@ -7,10 +7,12 @@ Both frameworks get the same random-weight teacher (pytorchcv, converted with ri
 BN statistics and affine randomized), the same generator and student weights, and, per
 iteration, the same z, labels, soft-label noise η, input-perturbation choice and draws, and
 weight noise ξ, drawn once in numpy. Four iterations run on each side from its own state: two
-with the student frozen and its activation ranges calibrating, two fine-tuning it. Compared
+with the student frozen and its activation ranges calibrating, two fine-tuning it (one for
+`ait_w4a4`, GDFQ's generator with AIT's student step: see AIT_PHASES). Compared
 after every iteration: each generator loss term, the soft labels, the images, the teacher
 logits, the generator's gradients, updated parameters and parameter change, the student's loss
-terms, gradients, updated parameters and parameter change, and the activation ranges. The
+terms, gradients, updated parameters and parameter change, the activation ranges and (AIT) each
+quantized kernel's α (`gi_alpha`, max relative difference over the layers). The
 ris_jax side composes train.generator_loss / train.student_step as `train.ris_step` does;
 `ris_step` itself (jitted) is checked against that composition given its own draws
 (quantities `ris_step_generator`, `ris_step_student`), in float64: the two are one function,
@@ -71,10 +73,17 @@ VARIANTS = {  # method.md's ablation flags (config.loss overrides)
     'soft_labels': dict(robust_weight=0.0, soft_labels=True),
     'ris': dict(robust_weight=1.0, input_perturbation=True, weight_perturbation=True,
                 soft_labels=True),
+    # GDFQ's generator with AIT's student step (KL only, no weight decay, gradient inflation)
+    'ait': dict(robust_weight=0.0, soft_labels=False),
 }
 BITS = {'w8a8': (8, 8), 'w4a4': (4, 4)}
-CASES = [f'{v}_{b}' for v in VARIANTS for b in BITS]
+CASES = [f'{v}_{b}' for v in VARIANTS for b in BITS if v != 'ait'] + ['ait_w4a4']
 PHASES = ((False, True), (False, True), (True, False), (True, False))  # (update_student, calibrate)
+# AIT: one fine-tuning iteration. α is a step function of the flip count, so from the second
+# one on, the parameters' float32 differences after the first step can move one weight code
+# across its rounding boundary and α with it (measured: iteration 4, one of 10 layers, α 2.4375
+# vs 2.1875); tests/test_gi.py checks the search exactly, in float64.
+AIT_PHASES = PHASES[:3]
 
 
 def rel_diff(a, b) -> float:
@@ -88,10 +97,12 @@ def metric_rel_diff(name: str, a: Dict, b: Dict) -> float:
   """`rel_diff` of scalar metric `name`, except the KD term: a KL between nearly equal
   distributions (≈1e-3 here, the student starting as the quantized teacher) is a small sum of
   terms p·(log p − log q) whose float32 rounding is set by log p, log q (≈1), so its difference
-  is taken relative to the loss it enters, `s_loss` (cross-entropy ≈ log C)."""
-  if name == 's_kd' and 's_loss' in b:
-    scale = max(abs(float(b['s_kd'])), abs(float(b['s_loss'])), TINY)
-    return abs(float(a[name]) - float(b[name])) / scale
+  is taken relative to the loss it enters, `s_loss` (cross-entropy ≈ log C). Under AIT's KL-only
+  loss `s_loss` is that KL itself, so both are taken relative to the cross-entropy the student
+  also computes (weight 0)."""
+  if name in ('s_kd', 's_loss') and 's_ce' in b:
+    scale = max(abs(float(b[k])) for k in ('s_kd', 's_loss', 's_ce'))
+    return abs(float(a[name]) - float(b[name])) / max(scale, TINY)
   return rel_diff(a[name], b[name])
 
 
@@ -366,6 +377,9 @@ def config_for(case: str, arch: str, width: int, latent: int):
   c.generator.width, c.generator.latent_dim = width, latent
   for k, v in VARIANTS[variant].items():
     c.loss[k] = v
+  if variant == 'ait':
+    from configs import _published
+    _published.ait(c, 1e-3)
   return c
 
 
@@ -382,7 +396,7 @@ def run_case(case: str, arch: str = 'resnet8_digits', batch: int = 8, width: int
   import jax
   import jax.numpy as jnp
   import torch
-  from ris_jax import convert, train
+  from ris_jax import convert, gi, train
   from experiments.torch_reference import TorchRIS
   config = config_for(case, arch, width, latent)
   spec, torch_teacher = random_teacher(arch, seed)
@@ -399,7 +413,8 @@ def run_case(case: str, arch: str = 'resnet8_digits', batch: int = 8, width: int
                  ema_momentum=config.quant.ema_momentum, generator_lr=config.generator.learning_rate,
                  generator_betas=(config.generator.b1, config.generator.b2),
                  student_lr=config.student.learning_rate, student_momentum=config.student.momentum,
-                 student_weight_decay=config.student.weight_decay)
+                 student_weight_decay=config.student.weight_decay,
+                 student_method=config.student.method, gi_threshold=config.student.gi_threshold)
   loaded = ref.generator.load_state_dict(generator_to_torch(state.generator['params'], s, width),
                                          strict=False)
   assert not loaded.unexpected_keys and all(k.split('.')[-1] in ('running_mean', 'running_var',
@@ -422,7 +437,7 @@ def run_case(case: str, arch: str = 'resnet8_digits', batch: int = 8, width: int
   notes: Dict[str, float] = {}  # not relative differences: see BIAS_BEFORE_BN, level_flips
   note = lambda k, v: worst.__setitem__(k, max(worst.get(k, 0.0), v))
   forward = jax.jit(functools.partial(jax_activations, models.student))
-  for i, (update_student, calibrate) in enumerate(PHASES):
+  for i, (update_student, calibrate) in enumerate(AIT_PHASES if case.startswith('ait') else PHASES):
     d = draw(rng, batch, latent, spec.num_classes, spec.input_shape, kernels,
              (i + kind_offset) % len(cfg.input_kinds))
     phase = dict(update_student=update_student, calibrate=calibrate)
@@ -476,6 +491,14 @@ def run_case(case: str, arch: str = 'resnet8_digits', batch: int = 8, width: int
     if update_student:
       note('student_grads', tree_rel_diff(flat(rec['student_grads']),
                                           student_from_torch(spec, t_rec['student_grads'], stu_j)))
+      if config.student.method == 'ait':  # AIT's α per quantized kernel, both frameworks
+        by_name = {n: ref.student_opt.alpha_of[id(p)] for n, p in ref.student.named_parameters()
+                   if id(p) in ref.student_opt.alpha_of}
+        alphas = {k: float(v) for k, v in flat(gi.find_state(state.student_opt[tag]).alpha).items()
+                  if k.endswith('kernel')}
+        assert len(alphas) == len(by_name), (sorted(alphas), sorted(by_name))
+        note('gi_alpha', max(abs(a - by_name[spec.torch_key(tuple(k.split('/')))]) / a
+                             for k, a in alphas.items()))
       note('student_update', tree_rel_diff({k: stu_j[k] - old_student[k] for k in stu_j},
                                            {k: stu_t[k] - old_student[k] for k in stu_j}))
     ranges_j = {k: v for k, v in ranges_of(state).items() if not k.endswith('count')}

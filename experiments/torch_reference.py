@@ -9,7 +9,9 @@ torch.func.functional_call; 1 − cos on pooled features + L1 on softmax outputs
 soft labels, the fake-quantized student (per-output-channel weight quantizer, per-tensor
 activation quantizer after every ReLU, plain STE through a torch.autograd.Function), KD
 (τ = 20, 'mean' reduction) + CE, Adam(1e-3, betas 0.5/0.999) for the generator and SGD
-Nesterov for the student.
+Nesterov for the student; or (student_method='ait') AIT's student step: KL only, no weight
+decay, gradient inflation (`GISGD`, restated from ../shared/docs/ait.md §2) on the conv / linear
+weights.
 
 Usage:
     ref = TorchRIS(teacher, num_classes=10, image_size=32, batch_size=64)
@@ -171,6 +173,82 @@ class QReLU(nn.Module):
     if self.count == 0:
       return y
     return FakeQuantSTE.apply(y, self.lo, self.hi, self.bits)
+
+
+# ----------------------------------------------------------------- AIT's gradient inflation (GI)
+def weight_codes(w, bits: int):
+  """Integer codes of a PyTorch-layout weight (output channel first), range per output channel."""
+  flat = w.reshape(w.shape[0], -1)
+  shape = (-1,) + (1,) * (w.dim() - 1)
+  lo, hi = flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
+  half = 2.0 ** (bits - 1)
+  scale = (2.0 ** bits - 1.0) / torch.clamp(hi - lo, min=1e-8)
+  zero_point = torch.round(scale * lo) + half
+  return torch.clamp(torch.round(scale * w - zero_point), -half, half - 1.0)
+
+
+def flip_ratio(w, direction, step, bits: int):
+  """r = #{codes of w − step·direction ≠ codes of w} / numel (each with its own range)."""
+  changed = weight_codes(w - step * direction, bits) != weight_codes(w, bits)
+  return torch.count_nonzero(changed).item() / w.numel()
+
+
+class GISGD(torch.optim.Optimizer):
+  """AIT's GI (ait.md §2), restated: Nesterov SGD whose step on each parameter of a group with
+  `bits` is scaled by α, searched so that about a fraction `threshold` of the integer codes
+  change (doubling, capped at α > 100 while `capped`, then ≤ `search_iters` bisections with the
+  τ/100 early exit); groups without `bits` take the plain step. `max_doublings` bounds the
+  doubling (as ris_jax does). After `step()`: `alphas`, `ratios`, `evaluations` per GI tensor
+  (in order) and `alpha_of` {id(parameter): α}."""
+
+  def __init__(self, params, lr, momentum=0.9, threshold=1e-3, search_iters=5, max_doublings=60):
+    super().__init__(params, dict(lr=lr, momentum=momentum, bits=None))
+    self.threshold, self.search_iters, self.max_doublings = threshold, search_iters, max_doublings
+    self.capped = True
+
+  def search(self, w, d, lr, bits):
+    tau, evaluations = self.threshold, 1
+    ratio = lambda a: flip_ratio(w, d, a * lr, bits)
+    alpha, r = 1.0, ratio(1.0)
+    if r >= tau:
+      return alpha, r, evaluations
+    doublings = 0
+    while True:
+      alpha, doublings = alpha * 2, doublings + 1
+      r, evaluations = ratio(alpha), evaluations + 1
+      if r >= tau or (self.capped and alpha > 100) or doublings >= self.max_doublings:
+        break
+    lo, hi = alpha / 2, alpha
+    for _ in range(self.search_iters):
+      mid = (lo + hi) / 2
+      r, evaluations = ratio(mid), evaluations + 1
+      if abs(r - tau) < tau / 100:
+        break
+      if r < tau:
+        lo = mid
+      else:
+        hi = mid
+    return mid, r, evaluations
+
+  @torch.no_grad()
+  def step(self):
+    self.alphas, self.ratios, self.evaluations, self.alpha_of = [], [], [], {}
+    for group in self.param_groups:
+      mu, lr = group['momentum'], group['lr']
+      for p in group['params']:
+        if p.grad is None:
+          continue
+        state = self.state[p]
+        buf = p.grad.clone() if 'momentum_buffer' not in state else mu * state['momentum_buffer'] + p.grad
+        d = p.grad + mu * buf
+        alpha = 1.0
+        if group['bits'] is not None:
+          alpha, r, n = self.search(p, d, lr, group['bits'])
+          self.alphas.append(alpha), self.ratios.append(r), self.evaluations.append(n)
+          self.alpha_of[id(p)] = alpha
+        state['momentum_buffer'] = buf
+        # the applied step as torch.optim.SGD (and AIT's gisgd) computes it: g + μ·b fused
+        p.add_(p.grad.add(buf, alpha=mu), alpha=-lr * alpha)
 
 
 def make_student(teacher: nn.Module, w_bits: int, a_bits: int, momentum: float = 0.9) -> nn.Module:
@@ -357,7 +435,8 @@ class TorchRIS:
                input_perturbation: bool = True, weight_perturbation: bool = True,
                input_kinds: Sequence[str] = INPUT_PERTURBATIONS, ema_momentum: float = 0.9,
                generator_lr: float = 1e-3, generator_betas=(0.5, 0.999), student_lr: float = 1e-4,
-               student_momentum: float = 0.9, student_weight_decay: float = 1e-4):
+               student_momentum: float = 0.9, student_weight_decay: float = 1e-4,
+               student_method: str = 'gdfq', gi_threshold: float = 1e-3):
     self.num_classes, self.batch_size, self.latent_dim = num_classes, batch_size, latent_dim
     self.bns_weight, self.robust_weight, self.weight_eps = bns_weight, robust_weight, weight_eps
     self.noise_std, self.kappa, self.decorrelate_steps, self.kd_tau = (
@@ -376,9 +455,17 @@ class TorchRIS:
     self.generator.train()
     self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=generator_lr,
                                           betas=tuple(generator_betas))
-    self.student_opt = torch.optim.SGD(self.student.parameters(), lr=student_lr,
-                                       momentum=student_momentum, nesterov=True,
-                                       weight_decay=student_weight_decay)
+    self.student_method = student_method
+    if student_method == 'ait':  # KL only, no weight decay, GI on the conv / linear weights
+      kernels = [m.weight for m in self.student.modules() if isinstance(m, (QConv2d, QLinear))]
+      ids = {id(k) for k in kernels}
+      self.student_opt = GISGD([{'params': kernels, 'bits': w_bits},
+                                {'params': [p for p in self.student.parameters() if id(p) not in ids]}],
+                               lr=student_lr, momentum=student_momentum, threshold=gi_threshold)
+    else:
+      self.student_opt = torch.optim.SGD(self.student.parameters(), lr=student_lr,
+                                         momentum=student_momentum, nesterov=True,
+                                         weight_decay=student_weight_decay)
     self.teacher_params = dict(self.teacher.named_parameters())
     self.teacher_buffers = dict(self.teacher.named_buffers())
     self.kernel_names = {f'{n}.weight' for n, m in self.teacher.named_modules()
@@ -430,7 +517,8 @@ class TorchRIS:
     logits = self.student(images)
     kd = kd_loss(logits, teacher_logits, self.kd_tau)
     ce = cross_entropy(logits, targets)
-    return kd + ce, {'s_loss': kd + ce, 's_kd': kd, 's_ce': ce}
+    total = kd if self.student_method == 'ait' else kd + ce
+    return total, {'s_loss': total, 's_kd': kd, 's_ce': ce}
 
   def step(self, update_student: bool = True, calibrate: bool = False, given=None):
     """One iteration. `given` (optional): the iteration's randomness, {'z', 'labels', 'eta'

@@ -9,6 +9,7 @@ from ris_jax.errors import UserError
 MODES = ('train', 'train_teacher', 'eval_teacher', 'ptq', 'dfkd')
 TRAINING_MODES = ('train', 'dfkd')  # modes that run the RIS iteration
 METHODS = ('ris', 'gdfq')
+STUDENT_METHODS = ('gdfq', 'ait')
 
 
 def validate(config) -> None:
@@ -17,6 +18,18 @@ def validate(config) -> None:
     raise UserError(f"config.mode '{config.mode}' is not one of {', '.join(MODES)}")
   if config.method not in METHODS:
     raise UserError(f"config.method '{config.method}' is not one of {', '.join(METHODS)}")
+  if config.student.method not in STUDENT_METHODS:
+    raise UserError(f"config.student.method '{config.student.method}' is not one of "
+                    f"{', '.join(STUDENT_METHODS)}")
+  if config.student.method == 'ait':
+    if config.mode != 'train':
+      raise UserError(f"config.student.method='ait' (gradient inflation on quantized kernels) is "
+                      f"for mode 'train', not '{config.mode}'; use --config.student.method=gdfq")
+    if not config.student.nesterov:
+      raise UserError("config.student.method='ait' is Nesterov SGD; set --config.student.nesterov=True")
+    for name in ('gi_threshold', 'gi_cap_updates', 'gi_search_iters', 'gi_max_doublings'):
+      if config.student[name] < (0 if name == 'gi_cap_updates' else 1e-12):
+        raise UserError(f'config.student.{name}={config.student[name]} must be positive')
   for name in ('w_bits', 'a_bits', 'first_last_bits'):
     bits = config.quant[name]
     if bits is not None and not 2 <= bits <= 8:
@@ -47,6 +60,17 @@ def validate(config) -> None:
     raise UserError(f"config.loss.kd_reduction must be 'mean' or 'batchmean', got {config.loss.kd_reduction!r}")
   if config.loss.prediction_distance not in ('l1', 'kl'):
     raise UserError(f"config.loss.prediction_distance must be 'l1' or 'kl', got {config.loss.prediction_distance!r}")
+  from ris_jax import evaluation, perturb
+  try:
+    evaluation.parse_subsets(config.data.get('subsets', ''))
+  except ValueError as e:
+    raise UserError(f'config.data.subsets: {e}') from None
+  unknown = set(config.diagnostics.input_kinds) - set(perturb.INPUT_PERTURBATIONS)
+  if unknown or not config.diagnostics.input_kinds:
+    raise UserError(f'config.diagnostics.input_kinds={tuple(config.diagnostics.input_kinds)}: give '
+                    f"one or more of {', '.join(perturb.INPUT_PERTURBATIONS)}")
+  if config.diagnostics.probe_size < 2:
+    raise UserError(f'config.diagnostics.probe_size={config.diagnostics.probe_size} must be at least 2')
   if config.generator.upsample_conv not in ('parity', 'plain'):
     raise UserError(f"config.generator.upsample_conv must be 'parity' or 'plain', got "
                     f"{config.generator.upsample_conv!r}")
@@ -80,6 +104,17 @@ def gdfq_baseline(config):
     c.loss.diversity_weight = 0.0
     c.run_baseline = False
     c.method = 'gdfq'
+  return c
+
+
+def ait_student(config):
+  """AIT's student step (../shared/docs/ait.md) for `student.method='ait'`: KL only (CE weight
+  0) and no weight decay; the gradient inflation itself is the student optimizer's
+  (`train.student_optimizer`)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.loss.student_ce = False
+    c.student.weight_decay = 0.0
   return c
 
 

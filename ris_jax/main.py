@@ -34,6 +34,8 @@ def run(config, workdir: str) -> dict:
   if config.mode in config_lib.TRAINING_MODES:
     if config.method == 'gdfq':
       config = config_lib.gdfq_baseline(config)
+    if config.student.method == 'ait':
+      config = config_lib.ait_student(config)
     if not config.run_baseline:
       runs = {None: (config, workdir)}
     else:

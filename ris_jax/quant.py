@@ -22,12 +22,18 @@ import jax.numpy as jnp
 from ris_jax import layers
 
 
-def _quantize(x, lo, hi, bits):
+def _codes(x, lo, hi, bits):
+  """(q, zero_point, scale): the integer codes q of x (as floats) and the affine map back."""
   levels = 2.0 ** bits - 1.0
   half = 2.0 ** (bits - 1)
   scale = levels / jnp.maximum(hi - lo, 1e-8)
   zero_point = jnp.round(scale * lo) + half
   q = jnp.clip(jnp.round(scale * x - zero_point), -half, half - 1.0)
+  return q, zero_point, scale
+
+
+def _quantize(x, lo, hi, bits):
+  q, zero_point, scale = _codes(x, lo, hi, bits)
   return (q + zero_point) / scale
 
 
@@ -65,6 +71,26 @@ def fake_quant(x: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
   return _fake_quant(x, lo, hi, int(bits), bool(clipped_ste))
 
 
+def channel_range(kernel: jax.Array):
+  """(lo, hi) of a kernel per output channel: min / max over all axes but the last (HWIO conv,
+  (in, out) dense), kept as broadcastable dims."""
+  axes = tuple(range(kernel.ndim - 1))
+  return jnp.min(kernel, axis=axes, keepdims=True), jnp.max(kernel, axis=axes, keepdims=True)
+
+
+def weight_codes(kernel: jax.Array, bits: int) -> jax.Array:
+  """The integer codes q ∈ [−2^(k−1), 2^(k−1) − 1] of a kernel (as floats, same shape): the
+  weight quantizer stopped before dequantizing, range per output channel from the kernel itself."""
+  return _codes(kernel, *channel_range(kernel), bits)[0]
+
+
+def flip_ratio(kernel: jax.Array, direction: jax.Array, step, bits: int) -> jax.Array:
+  """Fraction of the integer codes that change when the kernel moves to W' = W − step·direction,
+  the codes of W' taken with W''s own per-channel range (AIT's r(α), step = α·lr)."""
+  changed = weight_codes(kernel - step * direction, bits) != weight_codes(kernel, bits)
+  return jnp.mean(changed, dtype=kernel.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightQuantizer:
   """Per-output-channel weight quantizer: range = min/max over all axes but the last
@@ -73,9 +99,7 @@ class WeightQuantizer:
   clipped_ste: bool = False
 
   def __call__(self, kernel: jax.Array) -> jax.Array:
-    axes = tuple(range(kernel.ndim - 1))
-    lo = jnp.min(kernel, axis=axes, keepdims=True)
-    hi = jnp.max(kernel, axis=axes, keepdims=True)
+    lo, hi = channel_range(kernel)
     return fake_quant(kernel, jax.lax.stop_gradient(lo), jax.lax.stop_gradient(hi),
                       self.bits, self.clipped_ste)
 

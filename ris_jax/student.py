@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ris_jax import quant
+from ris_jax import layers, quant
 from ris_jax.models import ArchSpec
 
 
@@ -43,6 +44,25 @@ def make_student(spec: ArchSpec, teacher_variables: Mapping[str, Any], qspec: Qu
                'batch_stats': jax.tree.map(jnp.array, teacher_variables['batch_stats']),
                'quant_ranges': ranges}
   return module, variables
+
+
+def kernel_bits_tree(module, params, input_shape):
+  """A tree like `params` holding each quantized conv / dense kernel's bit-width (its
+  `kernel_quantizer.bits`: `w_bits`, or `first_last_bits` on the stem and head) and None on
+  every other leaf; read off the module by intercepting its layers once (no compilation)."""
+  found = {}
+
+  def record(next_fun, args, kwargs, context):
+    m = context.module
+    if (context.method_name == '__call__' and isinstance(m, (layers.Conv, layers.Dense))
+        and m.kernel_quantizer is not None):
+      found[tuple(m.path) + ('kernel',)] = m.kernel_quantizer.bits
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: found.get(tuple(k.key for k in path)), params)
 
 
 def calibrate_step(module, variables, images):

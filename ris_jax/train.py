@@ -37,10 +37,11 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ris_jax import data, distributed, losses, perturb
+from ris_jax import data, distributed, gi, losses, perturb
 from ris_jax.models import ArchSpec, get_arch
 from ris_jax.models.generator import GENERATORS
 from ris_jax.student import QuantSpec, make_student
+from ris_jax.student import kernel_bits_tree as make_kernel_bits_tree
 
 
 class RISState(struct.PyTreeNode):
@@ -67,7 +68,7 @@ class Models:
   students: Tuple[Tuple[str, nn.Module], ...]
   generator: nn.Module
   generator_tx: optax.GradientTransformation
-  student_tx: optax.GradientTransformation
+  student_txs: Tuple[Tuple[str, optax.GradientTransformation], ...]  # per student (tag, optimizer)
   num_classes: int
   loss: Any  # a frozen ml_collections.FrozenConfigDict of config.loss
   # 'quantized': the teacher's module with quantized ops, the teacher's BN statistics, ranges
@@ -87,6 +88,15 @@ class Models:
   def student(self) -> nn.Module:
     """The module of the only student of a single-student run."""
     return self.student_module()
+
+  def student_optimizer(self, tag: Optional[str] = None) -> optax.GradientTransformation:
+    """The optimizer of student `tag` (default: the only student)."""
+    return dict(self.student_txs)[only_tag(self.tags, tag)]
+
+  @property
+  def student_tx(self) -> optax.GradientTransformation:
+    """The optimizer of the only student of a single-student run."""
+    return self.student_optimizer()
 
 
 def only_tag(tags, tag: Optional[str] = None) -> str:
@@ -135,12 +145,39 @@ def quant_spec(config) -> QuantSpec:
   return specs[only_tag(tuple(specs))]
 
 
+def decayed(value: float, config) -> optax.Schedule:
+  """`value` as a function of the 0-based iteration index, ×0.1 from each
+  `config.train.decay_steps` iteration on (learning rates; AIT's flip threshold τ)."""
+  return optax.piecewise_constant_schedule(value, {int(s): 0.1 for s in config.train.decay_steps})
+
+
 def learning_rate_schedules(config) -> Tuple[optax.Schedule, optax.Schedule]:
   """(generator, student) learning rate as functions of the 0-based iteration index: ×0.1 from
   each `config.train.decay_steps` iteration on, for both."""
-  decay = {int(s): 0.1 for s in config.train.decay_steps}
-  return (optax.piecewise_constant_schedule(config.generator.learning_rate, decay),
-          optax.piecewise_constant_schedule(config.student.learning_rate, decay))
+  return decayed(config.generator.learning_rate, config), decayed(config.student.learning_rate, config)
+
+
+def student_optimizer(config, kernel_bits=None) -> optax.GradientTransformation:
+  """The student's optimizer; its update count starts at iteration `train.warmup_steps`, so its
+  schedules are shifted by the warm-up. GDFQ (`student.method='gdfq'`): weight decay, then
+  Nesterov SGD. AIT ('ait'): GI-SGD (ris_jax/gi.py) on the quantized kernels (`kernel_bits`, see
+  `student.kernel_bits_tree`), Nesterov SGD elsewhere, flip threshold τ decayed like the rates."""
+  s, warmup = config.student, int(config.train.warmup_steps)
+  shifted = lambda schedule: (lambda n: schedule(n + warmup))
+  student_lr = shifted(learning_rate_schedules(config)[1])
+  if s.get('method', 'gdfq') == 'ait':
+    factory = functools.partial(gi.gi_sgd, kernel_bits=kernel_bits, momentum=s.momentum,
+                                nesterov=s.nesterov, cap_updates=s.gi_cap_updates,
+                                search_iters=s.gi_search_iters, max_doublings=s.gi_max_doublings)
+    static = ('kernel_bits', 'momentum', 'nesterov', 'cap_updates', 'search_iters', 'max_doublings')
+    return optax.chain(
+        optax.add_decayed_weights(s.weight_decay),
+        optax.inject_hyperparams(factory, static_args=static)(
+            learning_rate=student_lr, threshold=shifted(decayed(s.gi_threshold, config))))
+  return optax.chain(
+      optax.add_decayed_weights(s.weight_decay),
+      optax.inject_hyperparams(optax.sgd)(learning_rate=student_lr, momentum=s.momentum,
+                                          nesterov=s.nesterov))
 
 
 def applied_learning_rate(opt_state) -> jax.Array:
@@ -157,6 +194,20 @@ def make_fp_student(arch: str, seed: int):
   v = module.init(jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                   jnp.zeros((1,) + spec.input_shape), train=False)
   return module, {'params': v['params'], 'batch_stats': v['batch_stats']}
+
+
+# Models of the configs built in this process, by `_models_key`: an equal config gets the same
+# (immutable) Models, so its jitted functions (`jit_ris_step`, evaluation, diagnostics) are
+# traced and compiled once per process, not once per run (a resumed chunk, a test's second run).
+_MODELS: Dict[str, 'Models'] = {}
+
+
+def _models_key(config, spec: ArchSpec, teacher_module) -> str:
+  """The config fields (and teacher) that define a run's Models: modules, optimizers, losses."""
+  fields = {k: config.get(k) for k in ('mode', 'loss', 'quant', 'generator', 'student', 'dfkd')}
+  fields['schedule'] = (config.train.warmup_steps, list(config.train.decay_steps))
+  return json.dumps([spec.name, repr(teacher_module),
+                     json.loads(ml_collections.ConfigDict(fields).to_json())], sort_keys=True)
 
 
 def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Models, RISState]:
@@ -180,21 +231,23 @@ def build(config, spec: ArchSpec, teacher_module, teacher_variables) -> Tuple[Mo
   gen_vars = generator.init(init_rng, jnp.zeros((2, g.latent_dim)),
                             jnp.ones((2, spec.num_classes)) / spec.num_classes)
   gen_vars = {'params': gen_vars['params'], 'batch_stats': gen_vars['batch_stats']}
-  generator_lr, student_lr = learning_rate_schedules(config)
-  warmup = int(config.train.warmup_steps)
-  generator_tx = optax.inject_hyperparams(optax.adam)(learning_rate=generator_lr, b1=g.b1, b2=g.b2)
-  s = config.student
-  student_tx = optax.chain(  # its update count starts at iteration `warmup`
-      optax.add_decayed_weights(s.weight_decay),
-      optax.inject_hyperparams(optax.sgd)(learning_rate=lambda n: student_lr(n + warmup),
-                                          momentum=s.momentum, nesterov=s.nesterov))
-  models = Models(teacher_module, tuple((tag, m) for tag, (m, _) in students.items()), generator,
-                  generator_tx, student_tx, spec.num_classes,
-                  ml_collections.FrozenConfigDict(config.loss), student_kind)
+  key = _models_key(config, spec, teacher_module)
+  if key not in _MODELS:
+    generator_lr, _ = learning_rate_schedules(config)
+    generator_tx = optax.inject_hyperparams(optax.adam)(learning_rate=generator_lr, b1=g.b1, b2=g.b2)
+    student_txs = tuple((tag, student_optimizer(
+        config, make_kernel_bits_tree(m, v['params'], spec.input_shape)
+        if student_kind == 'quantized' else None)) for tag, (m, v) in students.items())
+    _MODELS[key] = Models(teacher_module, tuple((tag, m) for tag, (m, _) in students.items()),
+                          generator, generator_tx, student_txs, spec.num_classes,
+                          ml_collections.FrozenConfigDict(config.loss), student_kind)
+  models = _MODELS[key]
+  generator_tx, student_txs = models.generator_tx, dict(models.student_txs)
   state = RISState(step=jnp.zeros((), jnp.int32), generator=gen_vars,
                    generator_opt=generator_tx.init(gen_vars['params']),
                    student={tag: v['params'] for tag, (_, v) in students.items()},
-                   student_opt={tag: student_tx.init(v['params']) for tag, (_, v) in students.items()},
+                   student_opt={tag: student_txs[tag].init(v['params'])
+                                for tag, (_, v) in students.items()},
                    quant_ranges={tag: v['quant_ranges'] for tag, (_, v) in students.items()},
                    rng=rng)
   return models, state
@@ -205,12 +258,7 @@ def sample_labels(models: Models, rng, batch_size: int):
   decorrelated soft labels (RIS diversity) or one-hot (GDFQ)."""
   k_y, k_soft = jax.random.split(rng)
   labels = jax.random.randint(k_y, (batch_size,), 0, models.num_classes)
-  cfg = models.loss
-  if cfg.soft_labels:
-    targets = perturb.soft_labels(k_soft, labels, models.num_classes, cfg.kappa, cfg.decorrelate_steps)
-  else:
-    targets = jax.nn.one_hot(labels, models.num_classes)
-  return labels, targets
+  return labels, conditioning(models, labels, k_soft)
 
 
 def teacher_forward(models: Models, teacher_vars, images, tap_bn: bool = False):
@@ -346,7 +394,8 @@ def student_step(params, opt_state, ranges, models: Models, teacher_vars, images
     _, (ranges, metrics) = student_loss(params, *args)
     return params, opt_state, ranges, metrics
   (_, (ranges, metrics)), grads = jax.value_and_grad(student_loss, has_aux=True)(params, *args)
-  updates, opt_state = models.student_tx.update(grads, opt_state, params)
+  updates, opt_state = models.student_optimizer(tag).update(grads, opt_state, params)
+  metrics.update(gi.metrics(opt_state))
   return optax.apply_updates(params, updates), opt_state, ranges, metrics
 
 
@@ -399,9 +448,11 @@ def make_mesh() -> Mesh:
   return distributed.global_mesh()
 
 
+@functools.lru_cache(maxsize=16)
 def jit_ris_step(models: Models, batch_size: int, mesh: Mesh):
   """`step(state, teacher_vars, margins, update_student=..., calibrate=...)`, compiled once per
-  (update_student, calibrate) phase; state and teacher replicated, the state donated."""
+  (update_student, calibrate) phase; state and teacher replicated, the state donated. One
+  per (models, batch, mesh) in a process."""
   if batch_size % mesh.size:
     raise ValueError(f'batch size {batch_size} is not divisible by the {mesh.size} devices')
   replicated = NamedSharding(mesh, P())
@@ -437,12 +488,25 @@ def student_variables(state: RISState, teacher_vars, kind: str = 'quantized',
           'quant_ranges': state.quant_ranges[tag]}
 
 
-def generate(models: Models, state: RISState, labels: jax.Array, rng) -> jax.Array:
-  """Synthetic images (B, H, W, C) for `labels` (B,), as the generator trains on them."""
+def conditioning(models: Models, labels: jax.Array, rng) -> jax.Array:
+  """The generator's conditioning ỹ (B, C) for `labels` (B,), as the method trains it:
+  decorrelated soft labels drawn from `rng` where it uses them, one-hot otherwise."""
+  cfg = models.loss
+  if cfg.soft_labels:
+    return perturb.soft_labels(rng, labels, models.num_classes, cfg.kappa, cfg.decorrelate_steps)
+  return jax.nn.one_hot(labels, models.num_classes)
+
+
+def generate_with_targets(models: Models, state: RISState, labels: jax.Array, rng):
+  """(images (B, H, W, C), conditioning ỹ (B, C)) for `labels` (B,), as the generator trains
+  on them (its BN normalizes with the statistics of this batch)."""
   k_z, k_soft = jax.random.split(rng)
   z = jax.random.normal(k_z, (labels.shape[0], models.generator.latent_dim))
-  targets = (perturb.soft_labels(k_soft, labels, models.num_classes, models.loss.kappa,
-                                 models.loss.decorrelate_steps)
-             if models.loss.soft_labels else jax.nn.one_hot(labels, models.num_classes))
-  return models.generator.apply(state.generator, z, targets)
+  targets = conditioning(models, labels, k_soft)
+  return models.generator.apply(state.generator, z, targets), targets
+
+
+def generate(models: Models, state: RISState, labels: jax.Array, rng) -> jax.Array:
+  """Synthetic images (B, H, W, C) for `labels` (B,), as the generator trains on them."""
+  return generate_with_targets(models, state, labels, rng)[0]
 

@@ -141,16 +141,26 @@ def _abstract_teacher(spec):
   return {'params': v['params'], 'batch_stats': v['batch_stats']}
 
 
-@pytest.mark.parametrize('name', CONFIGS)
-def test_config_builds_its_models_and_a_step(name):
+QUICK_BUILDS = ('demo', 'cifar10_akamaster')
+BUILDS = [(name, None) for name in CONFIGS] + [
+    ('demo', 'w3a3,ait'), ('cifar10_resnet20', 'w4a4,ait'), ('imagenet_resnet18', 'w4a4,ait')]
+
+
+@pytest.mark.parametrize('name,arg', [
+    case if case[0] in QUICK_BUILDS else pytest.param(*case, marks=pytest.mark.full(
+        reason='eval_shape traces of every full-size config (~40 s together); the demo and the '
+        'akamaster configs take the same path in the quick tier')) for case in BUILDS])
+def test_config_builds_its_models_and_a_step(name, arg):
   """Each config's models and state, and one step of its mode, traced abstractly
   (jax.eval_shape: no weights, no compute): a teacher/student/generator that do not fit
   together fails here, not on a user's machine."""
   from ris_jax import student, train
   from ris_jax.models import get_arch
-  config = load(name)
+  config = load(name, arg)
   if config.method == 'gdfq':
     config = config_lib.gdfq_baseline(config)
+  if config.student.method == 'ait':
+    config = config_lib.ait_student(config)
   spec = get_arch(config.teacher.arch)
   module, t_vars = spec.module(), _abstract_teacher(spec)
   classes = spec.num_classes
@@ -188,3 +198,4 @@ def test_config_builds_its_models_and_a_step(name):
       lambda s: (s.shape, s.dtype), state)
   assert metrics['g_loss'].shape == metrics['s_loss'].shape == ()
   assert ('g_rob' in metrics) == bool(config.loss.robust_weight)
+  assert ('gi_alpha_mean' in metrics) == (config.student.method == 'ait')
