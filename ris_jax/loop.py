@@ -33,7 +33,15 @@ class TrainingDiverged(UserError):
 _RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline', 'distributed')
 _LAUNCH_SECTION = 'cluster.'  # how the processes find each other
 # Fields added after runs were recorded: the value a config.json without them ran with.
-_ADDED_FIELDS = {'quant.bits': '', 'generator.upsample_conv': 'plain'}
+_ADDED_FIELDS = {'quant.bits': '', 'generator.upsample_conv': 'plain', 'data.subsets': '',
+                 # the diagnostics only add rows to metrics.jsonl: a run without them resumes
+                 'diagnostics.enabled': False, 'diagnostics.probe_size': 100,
+                 'diagnostics.seed': 0, 'diagnostics.weight_eps': 0.05,
+                 'diagnostics.noise_std': 0.1,
+                 'diagnostics.input_kinds': ['crop', 'flip', 'translate', 'noise'],
+                 'student.method': 'gdfq', 'student.gi_threshold': 1e-3,
+                 'student.gi_cap_updates': 200, 'student.gi_search_iters': 5,
+                 'student.gi_max_doublings': 60}
 # Config sections read only in the mode of the same name.
 _MODE_SECTIONS = ('ptq', 'dfkd')
 
@@ -163,9 +171,13 @@ def checkpoint_manager(workdir: str, max_to_keep: int, read_only: bool = False) 
                                options=options)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: train.RISState):
-  """(state, meta) of the latest complete checkpoint, or (state, None) when there is none."""
-  step = manager.latest_step()
+def restore_latest(manager: ocp.CheckpointManager, state: train.RISState, step: Optional[int] = None):
+  """(state, meta) of the latest complete checkpoint (or of `step`), or (state, None) when there
+  is none."""
+  if step is not None and step not in manager.all_steps():
+    raise UserError(f'{manager.directory} holds no checkpoint of step {step} (it holds '
+                    f"{', '.join(map(str, manager.all_steps())) or 'none'})")
+  step = manager.latest_step() if step is None else step
   if step is None:
     return state, None
   # Restored replicated onto the global mesh, whatever mesh or process count saved it.
@@ -232,9 +244,15 @@ def _first_non_finite(pending):
   return None, None
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
+                       max_iterations: Optional[int] = None) -> Dict[str, Any]:
   """Runs (or resumes) one RIS/GDFQ run: quantization-aware fine-tuning (mode 'train') or
-  data-free distillation into a full-precision student (mode 'dfkd'); returns the results."""
+  data-free distillation into a full-precision student (mode 'dfkd'); returns the results.
+
+  `deadline` (a `time.time()` value) or `max_iterations` (iterations in this call): stop early,
+  with a checkpoint, and return {'stopped_at': step, 'steps', 'students': {tag: {'': top-1,
+  subset: …}}, 'wall_s'} instead (the same call resumes). The deadline stop is taken when the
+  next iterations, a save and an evaluation (as long as the last ones took) would no longer fit."""
   workdir = os.path.abspath(workdir)
   refuse_other_run(config, workdir)
   start_time = time.time()
@@ -255,19 +273,26 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     print(f'{workdir}: resuming from the checkpoint of step {int(state.step)}', flush=True)
   tags = models.tags
   name = lambda metric, tag: train.metric_name(metric, tag, tags)
+  diagnose = _diagnostics(config, models, spec, t_vars)
 
-  def accuracies() -> Dict[str, float]:
-    """{tag: top-1 of that student} on the evaluation split."""
-    return {tag: evaluation.split_accuracy(
+  def accuracies() -> Dict[str, Dict[str, float]]:
+    """{tag: {'': top-1 of that student on the evaluation split, subset: on that subset}}."""
+    return {tag: evaluation.split_accuracies(
         config, spec, models.student_module(tag),
         train.student_variables(state, t_vars, models.student_kind, tag)) for tag in tags}
 
+  def top1_row(metric: str, top1: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """{metric[_subset][/tag]: value} of `accuracies()` for metrics.jsonl."""
+    return {name(_subset_key(metric, sub), tag): v for tag in tags for sub, v in top1[tag].items()}
+
   if meta is None:
-    teacher_top1 = evaluation.split_accuracy(config, spec, t_module, t_vars)
-    meta = {'teacher_top1': teacher_top1, 'wall_s': 0.0,
+    teacher_top1 = evaluation.split_accuracies(config, spec, t_module, t_vars)
+    meta = {'teacher_top1': teacher_top1[''], 'wall_s': 0.0,
+            'teacher_top1_subsets': {k: v for k, v in teacher_top1.items() if k},
             'students': {tag: {'student_top1_initial': None, 'student_top1_best': None}
                          for tag in tags}}
-    writer.write(0, teacher_top1=teacher_top1)
+    writer.write(0, **{_subset_key('teacher_top1', k): v for k, v in teacher_top1.items()},
+                 **diagnose(state))
   margins = train.replicate(train.noise_margins(
       models, t_vars, tc.batch_size, spec.input_shape, config.loss.margin_fraction,
       jax.random.PRNGKey(config.seed + 1)), mesh)
@@ -276,18 +301,25 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
              desc=os.path.basename(workdir), disable=not tc.progress or jax.process_index() != 0)
   tick, tick_step = time.time(), first
   pending = []  # (step, metrics on device) since the last finiteness check
+  took = {'save': 0.0, 'eval': 0.0}  # seconds of the last checkpoint save and evaluation
+  loop_start, stopped = time.time(), False
   for step in bar:
     state, metrics = step_fn(state, t_vars, margins, update_student=step >= tc.warmup_steps,
                              calibrate=step < tc.calibration_steps)
     done = step + 1
     pending.append((done, metrics))
     if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
-      for tag, top1 in accuracies().items():
-        meta['students'][tag]['student_top1_initial'] = top1
-      writer.write(done, **{name('student_top1_initial', tag): meta['students'][tag]['student_top1_initial']
-                            for tag in tags})
+      top1 = accuracies()
+      for tag in tags:
+        meta['students'][tag].update(
+            {_subset_key('student_top1_initial', sub): v for sub, v in top1[tag].items()})
+      writer.write(done, **top1_row('student_top1_initial', top1))
+    per_step = (time.time() - loop_start) / (done - first)
+    stopped = done < tc.steps and (
+        (deadline is not None and time.time() + 2 * per_step + took['save'] + took['eval'] > deadline)
+        or (max_iterations is not None and done - first >= max_iterations))
     log_now = done % tc.log_every == 0 or done == tc.steps
-    save_now = done % tc.checkpoint_every == 0 or done == tc.steps
+    save_now = done % tc.checkpoint_every == 0 or done == tc.steps or stopped
     if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
       bad_step, bad_metrics = _first_non_finite(pending)
       pending = []
@@ -310,34 +342,49 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       bar.set_postfix(g=f"{metrics['g_loss']:.3f}",
                       **{name('s', tag): f"{metrics[name('s_loss', tag)]:.3f}" for tag in tags})
     if done % tc.eval_every == 0 or done == tc.steps:
+      eval_start = time.time()
       top1 = accuracies()
       for tag in tags:
         if done > tc.warmup_steps:
           entry = meta['students'][tag]
-          entry['student_top1_best'] = max(entry['student_top1_best'] or 0.0, top1[tag])
-      writer.write(done, **{name('student_top1', tag): top1[tag] for tag in tags})
+          for sub, v in top1[tag].items():
+            key = _subset_key('student_top1_best', sub)
+            entry[key] = max(entry.get(key) or 0.0, v)
+      writer.write(done, **top1_row('student_top1', top1), **diagnose(state))
       if distributed.is_primary():
         bar.write(f'step {done}: student top-1 ' + ', '.join(
-            f'{tag} {top1[tag]:.2f}%' for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
+            f"{tag} {top1[tag]['']:.2f}%" for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
       _sample_png(models, state, workdir, spec.normalization, done, config.seed)
+      took['eval'] = time.time() - eval_start
     if save_now:
       meta['wall_s'] = meta['wall_s'] + time.time() - start_time
       start_time = time.time()
       manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)))
+      took['save'] = time.time() - start_time
+    if stopped:
+      break
   manager.wait_until_finished()
+  if stopped:
+    bar.close()
+    return {'stopped_at': done, 'steps': tc.steps, 'students': accuracies(),
+            'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
   final = accuracies()
   bits = dict(zip(tags, train.bit_widths(config)))
   students = {}
   for tag in tags:
     entry = meta['students'][tag]
     w, a = bits.get(tag, (config.quant.w_bits, config.quant.a_bits))
-    # best: the best of the evaluations after warm-up, this final one included
-    students[tag] = {'w_bits': w, 'a_bits': a,
-                     'student_top1_initial': entry['student_top1_initial'],
-                     'student_top1_final': final[tag],
-                     'student_top1_best': max(entry['student_top1_best'] or final[tag], final[tag])}
+    students[tag] = {'w_bits': w, 'a_bits': a}
+    for sub, v in final[tag].items():
+      key = lambda metric: _subset_key(metric, sub)
+      # best: the best of the evaluations after warm-up, this final one included
+      students[tag].update({key('student_top1_initial'): entry.get(key('student_top1_initial')),
+                            key('student_top1_final'): v,
+                            key('student_top1_best'): max(entry.get(key('student_top1_best')) or v, v)})
   results = {'teacher_top1': meta['teacher_top1'], 'students': students,
+             **{_subset_key('teacher_top1', k): v
+                for k, v in meta.get('teacher_top1_subsets', {}).items()},
              'steps': tc.steps, 'batch_size': tc.batch_size, 'devices': mesh.size,
              'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
   if len(tags) == 1:  # a single student's figures also at the top level
@@ -347,6 +394,25 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   if jax.process_index() == 0:
     write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
+
+
+def _subset_key(metric: str, subset: str) -> str:
+  """'student_top1_final' of the whole split (subset ''), 'student_top1_final_report' of a subset."""
+  return f'{metric}_{subset}' if subset else metric
+
+
+def _diagnostics(config, models, spec, teacher_vars):
+  """`diagnose(state)` → {diag_*: float} of the run's generator on the probe batch
+  (ris_jax/diagnostics.py); {} when `config.diagnostics.enabled` is off."""
+  if not config.diagnostics.get('enabled', False):
+    return lambda state: {}
+  from ris_jax import diagnostics
+  probe_spec = diagnostics.ProbeSpec.from_config(config)
+  probe = distributed.replicate(diagnostics.make_probe(probe_spec, models, teacher_vars['params'],
+                                                       spec.input_shape))
+  fn = diagnostics.jit_probe_diagnostics(models, probe_spec)
+  return lambda state: {k: float(v) for k, v in
+                        distributed.to_host(fn(state.generator, teacher_vars, probe)).items()}
 
 
 def _diverged(what: str, manager: ocp.CheckpointManager, workdir: str):
@@ -359,10 +425,10 @@ def _diverged(what: str, manager: ocp.CheckpointManager, workdir: str):
 
 def student_tags(workdir: str):
   """The bit-width tags of the quantized students of the run in `workdir` (from config.json)."""
-  return tuple(train.quant_specs(_run_config(workdir)))
+  return tuple(train.quant_specs(run_config(workdir)))
 
 
-def _run_config(workdir: str):
+def run_config(workdir: str):
   """The config of the run in `workdir` (its config.json), checked for the fields export needs."""
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, 'config.json')
@@ -383,7 +449,7 @@ def load_student(workdir: str, bits: Optional[str] = None):
   """(spec, quant spec, student variables) of student `bits` ('w4a4'; default: the only one)
   of the latest checkpoint of a run's workdir."""
   workdir = os.path.abspath(workdir)
-  config = _run_config(workdir)
+  config = run_config(workdir)
   tags = tuple(train.quant_specs(config))
   if bits is None and len(tags) > 1:
     raise UserError(f"{workdir} holds several students ({', '.join(tags)}); choose one with "

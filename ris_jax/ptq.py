@@ -7,6 +7,9 @@ images from `config.ptq.source`:
   * `noise`:              N(0, 1) images in the teacher's normalized input space;
   * `generator:<workdir>`: a trained generator (the latest checkpoint of a `train` or `dfkd`
                            run of the same teacher), labels uniform, soft labels as it trained;
+  * `npz:<path>`:          images in a NumPy archive (uint8 pixels, e.g. a calibration set made
+                           once by `python -m ris_jax.synthesize`), normalized with the
+                           teacher's statistics;
   * `real`:               the real training split (a reference, not data-free).
 
 Optionally (`config.ptq.clip_weights`) each kernel is then clipped, greedily layer by layer in
@@ -23,14 +26,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ris_jax import data, distributed, evaluation, student, teacher, train
+from ris_jax import data, distributed, evaluation, quant, student, teacher, train
+from ris_jax.config import TRAINING_MODES
 from ris_jax.errors import UserError
 
 GENERATOR_PREFIX = 'generator:'
@@ -45,9 +49,14 @@ def check_source(config) -> None:
     if not os.path.isfile(os.path.join(workdir, 'config.json')):
       raise UserError(f"config.ptq.source={source}: {workdir} holds no ris_jax run (no "
                       'config.json); train a generator first (mode train or dfkd)')
+  elif source.startswith(data.NPZ_PREFIX):
+    path = os.path.expanduser(source[len(data.NPZ_PREFIX):])
+    if not os.path.isfile(path):
+      raise UserError(f'config.ptq.source={source}: {path} does not exist; make a calibration set '
+                      'with python -m ris_jax.synthesize --workdir RUN --num N --out ' + path)
   elif source not in ('noise', 'real'):
     raise UserError(f"config.ptq.source={source!r} is not one of noise, real, "
-                    'generator:<workdir of a run>')
+                    'generator:<workdir of a run>, npz:<path of images>')
   for name in ('batch_size', 'calibration_batches', 'clip_batches'):
     if p[name] < 1:
       raise UserError(f'config.ptq.{name}={p[name]} must be at least 1')
@@ -55,18 +64,22 @@ def check_source(config) -> None:
     raise UserError(f'config.ptq.clip_grid={tuple(p.clip_grid)} must hold factors in (0, 1]')
 
 
-def load_generator(workdir: str):
-  """(Models, RISState) of the latest checkpoint of a training run (mode train or dfkd):
-  its generator is `state.generator`, sampled with `train.generate(models, state, ...)`."""
-  import ml_collections
+def load_generator(workdir: str, step: Optional[int] = None):
+  """(Models, RISState) of the latest checkpoint (or of `step`) of a training run (mode train
+  or dfkd): its generator is `state.generator`, sampled with `train.generate(models, state, ...)`."""
   from ris_jax import loop
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = loop.run_config(workdir)
+  if config.get('mode', 'train') not in TRAINING_MODES:
+    raise UserError(f"{workdir} holds a run of mode '{config.mode}', which trains no generator; "
+                    f"give the workdir of a run of mode {' or '.join(TRAINING_MODES)}")
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'{workdir}/checkpoints is missing, so the run has no trained generator; '
+                    'rerun its training (same --config and --workdir)')
   spec, t_module, t_vars = teacher.get_teacher(config)
   models, state = train.build(config, spec, t_module, t_vars)
   manager = loop.checkpoint_manager(workdir, config.train.max_checkpoints, read_only=True)
-  state, meta = loop.restore_latest(manager, state)
+  state, meta = loop.restore_latest(manager, state, step)
   if meta is None:
     raise UserError(f'{workdir}/checkpoints holds no complete checkpoint, so there is no trained '
                     'generator; rerun its training (same --config and --workdir)')
@@ -82,9 +95,11 @@ def calibration_images(config, spec) -> Iterator[jax.Array]:
   if p.source == 'noise':
     for i in range(p.calibration_batches):
       yield jax.random.normal(jax.random.fold_in(key, i), shape)
-  elif p.source == 'real':
-    images = data.load_arrays(config.data.dataset, 'train', config.data.data_dir,
-                              spec.normalization)['image']
+  elif p.source == 'real' or p.source.startswith(data.NPZ_PREFIX):
+    dataset, split = ((config.data.dataset, 'train') if p.source == 'real'
+                      else (p.source, data.NPZ_SPLIT))
+    images = data.load_arrays(dataset, split, config.data.data_dir, spec.normalization)['image']
+    data.check_image_size(images, spec.input_shape[:2], f"teacher '{spec.name}'")
     rng = np.random.RandomState(config.seed)
     for _ in range(p.calibration_batches):
       yield jnp.asarray(images[rng.randint(0, len(images), p.batch_size)])
@@ -102,9 +117,7 @@ def calibration_images(config, spec) -> Iterator[jax.Array]:
 
 def clip_kernel(kernel: jax.Array, alpha) -> jax.Array:
   """The kernel clipped per output channel (last axis) to α·[min, max] of that channel."""
-  axes = tuple(range(kernel.ndim - 1))
-  lo = jnp.min(kernel, axis=axes, keepdims=True)
-  hi = jnp.max(kernel, axis=axes, keepdims=True)
+  lo, hi = quant.channel_range(kernel)
   return jnp.clip(kernel, alpha * lo, alpha * hi)
 
 
@@ -158,7 +171,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
   start = time.time()
   spec, t_module, t_vars = teacher.get_teacher(config)
   loop.check_workdir(config, workdir)
-  acc = lambda m, v: evaluation.split_accuracy(config, spec, m, v)
+  def acc(name: str, m, v) -> Dict[str, float]:
+    """{name: top-1 on the split, name_<subset>: on each of config.data.subsets}."""
+    return {name + (f'_{k}' if k else ''): top1
+            for k, top1 in evaluation.split_accuracies(config, spec, m, v).items()}
   module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
   batches = [distributed.replicate(b) for b in calibration_images(config, spec)]
   variables = student.calibrate(module, variables, batches)
@@ -171,12 +187,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
              'source': p.source,
              'w_bits': config.quant.w_bits, 'a_bits': config.quant.a_bits, 'seed': config.seed,
              'calibration_images': p.batch_size * p.calibration_batches,
-             'top1_calibrated': acc(module, variables)}
+             **acc('top1_calibrated', module, variables)}
   if p.clip_weights:
     held = jnp.concatenate(batches[:p.clip_batches])
     variables, info = clip_weights(module, variables, held, t_module.apply(t_vars, held),
                                    tuple(p.clip_grid))
-    results.update(top1_clipped=acc(module, variables), **info)
+    results.update(**acc('top1_clipped', module, variables), **info)
   results['wall_s'] = round(time.time() - start, 1)
   if jax.process_index() == 0:
     loop.write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
