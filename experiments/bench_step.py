@@ -55,6 +55,8 @@ def parse_args(argv=None):
   p.add_argument('--omp-wait-policy', default='PASSIVE', choices=('PASSIVE', 'ACTIVE', 'unset'),
                  help="torch's OpenMP wait policy unless OMP_WAIT_POLICY is set (see main)")
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--torch-device', default=None, choices=('cpu', 'cuda'),
+                 help="the PyTorch reference's device (default: cuda when torch sees a GPU)")
   p.add_argument('--also', default='resnet20_cifar10:200,resnet18:16',
                  help="further ARCH:BATCH configurations, each timed in its own process "
                       "(comma-separated; '' for none)")
@@ -245,6 +247,7 @@ def main(argv=None):
   spec = get_arch(args.arch)
   torch.manual_seed(args.seed)
   torch_teacher = spec.torch_model()
+  torch_device = args.torch_device or ('cuda' if torch.cuda.is_available() else 'cpu')
 
   # ---- JAX: the training loop's own jitted step (train.jit_ris_step), fine-tuning phase.
   config = default.get_config()
@@ -262,13 +265,20 @@ def main(argv=None):
   # ---- PyTorch reference, same teacher weights.
   formats = ['nchw', 'channels_last'] if args.torch_format == 'both' else [args.torch_format]
   refs = {}
+  if torch_device == 'cuda':  # every tensor the reference makes (draws, buffers) on the GPU
+    torch.set_default_device('cuda')
+    torch_teacher = torch_teacher.to('cuda')
   for fmt in formats:
     ref = TorchRIS(torch_teacher, spec.num_classes, spec.image_size, batch_size,
                    generator_kind=preset['generator'], channels_last=fmt == 'channels_last')
     ref.calibrate(1)  # activation ranges from one warm-up iteration
     refs[fmt] = ref
 
-  runners = {'jax': jax_step, **{f'torch_{f}': refs[f].step for f in formats}}
+  def torch_step(ref):
+    ref.step()
+    if torch_device == 'cuda':  # wall time of the finished iteration, as JAX's block_until_ready
+      torch.cuda.synchronize()
+  runners = {'jax': jax_step, **{f'torch_{f}': (lambda r=refs[f]: torch_step(r)) for f in formats}}
   for fn in runners.values():
     for _ in range(args.warmup):
       fn()
@@ -308,6 +318,7 @@ def main(argv=None):
       'load_avg_1m': [round(load_start, 2), round(os.getloadavg()[0], 2)],  # start, end
       'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
       'versions': f'jax {jax.__version__}, torch {torch.__version__}',
+      'torch_device': torch_device,
       **({'jax_config': args.set} if args.set else {}),
       **peak_memory(),
   }
