@@ -88,7 +88,7 @@ class Experiment:
                     + self.overrides('resnet20'), os.path.join(w, 'results.json'))
 
   def train(self, arch, bits, method, seed):
-    extra = (',gdfq' if method == 'gdfq' else '') + f',cpu{self.args.steps}'
+    extra = (',gdfq' if method == 'gdfq' else '') + f',scaled{self.args.steps}'
     w = self.train_dir(arch, bits, method, seed)
     return self.run(f'{method.upper()} {arch} {bits} seed {seed}',
                     ['-m', 'ris_jax.main', '--config', self.config(arch, bits, extra),

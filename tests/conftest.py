@@ -1,6 +1,10 @@
 """Shared fixtures of the training tests: a small digits teacher trained once per session, the
-tiny RIS config built on it, the demo run from the command line, and one persistent
+tiny RIS config built on it, one tiny run of it (`tiny_run`, in this process: the quick tier's
+end-to-end run), the demo run from the command line (full tier), and one persistent
 compilation cache for the whole session.
+
+Tiers: `python -m pytest -q` runs the quick tier; `python -m pytest -q -m full` the rest, each
+test there marked `@pytest.mark.full(reason=...)` (checked at collection).
 
 The RIS step takes ~30 s to compile on 2 CPU cores. One jax compilation cache serves this
 process and every subprocess of the session (the environment variables are set before jax is
@@ -38,6 +42,15 @@ def pytest_configure(config):
     import jax
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def pytest_collection_modifyitems(config, items):
+  """A test leaves the quick tier only with its reason: `@pytest.mark.full(reason='...')`."""
+  for item in items:
+    for mark in item.iter_markers('full'):
+      if not str(mark.kwargs.get('reason', '')).strip():
+        raise pytest.UsageError(f"{item.nodeid}: pytest.mark.full needs reason='why this test is "
+                                "not in the quick tier'")
 
 
 def pytest_unconfigure(config):
@@ -101,6 +114,27 @@ def run_python(args, env, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
     pytest.fail(f'python {" ".join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'
                 f'{proc.stderr[-6000:]}')
   return proc
+
+
+TINY_RUN_STEPS = 4
+
+
+def tiny_run_config(teacher_dir: str):
+  """`tiny_config` for TINY_RUN_STEPS steps, logged, evaluated and checkpointed every 2."""
+  config = tiny_config(teacher_dir)
+  config.train.steps = TINY_RUN_STEPS
+  config.train.checkpoint_every = config.train.eval_every = config.train.log_every = 2
+  return config
+
+
+@pytest.fixture(scope='session')
+def tiny_run(digits_teacher, compile_cache, tmp_path_factory):
+  """(workdir, results) of `main.run` on `tiny_run_config` (RIS, W3A3): the training program
+  end to end in this process (main's validation, loop, checkpoints, evaluation, diagnostics,
+  samples). Read-only for the tests that use it."""
+  from ris_jax import main
+  workdir = tmp_path_factory.mktemp('tiny_run') / 'run'
+  return workdir, main.run(tiny_run_config(digits_teacher), str(workdir))
 
 
 # The demo at test size from the command line: the same compiled step as `tiny_config`.

@@ -5,6 +5,7 @@ checkpoints as users download them, the full test set) run wherever that folder 
 in CI (`.ci/run` sets RIS_JAX_REQUIRE_SHARED_DATA=1), where a missing folder fails instead of
 skipping, as the Fashion-MNIST tests do.
 """
+import dataclasses
 import hashlib
 import os
 
@@ -87,6 +88,7 @@ def test_option_a_shortcut_pads_channels_of_the_subsampled_input():
   np.testing.assert_allclose(y, expected, atol=1e-6)
 
 
+@pytest.mark.full(reason='a torch.export of the akamaster student (~14 s); export is checked on the digits students')
 def test_quantized_option_a_student_exports_to_pytorch(tmp_path):
   spec = get_arch('resnet20_akamaster')
   torch.manual_seed(2)
@@ -132,6 +134,35 @@ def test_npz_dataset_normalized_with_the_given_statistics(tmp_path):
   assert half[0]['label'].tolist() == [4, 5, 6]
 
 
+def test_named_subsets_are_counted_in_the_same_pass(tmp_path):
+  """`data.subsets` ('val=0:6,report=6:11'): the top-1 on each range of positions equals the
+  top-1 on that slice of the archive evaluated alone, and the whole split's equals their pooled
+  count, with batches that pad and cross the boundary; a range past the end is an error."""
+  import ml_collections
+  from test_losses import TINY, tiny_teacher
+  rng = np.random.RandomState(0)
+  images = rng.randint(0, 256, (11, 8, 8, 3)).astype(np.uint8)
+  module, variables = tiny_teacher()
+  stats = ((0.5,) * 3, (0.25,) * 3)
+  pred = np.asarray(module.apply(variables, ((images / 255.0 - 0.5) / 0.25).astype(np.float32))).argmax(1)
+  labels = np.where(np.arange(11) % 3 == 0, pred, (pred + 1) % 10)  # some right, some wrong
+  name = _npz(tmp_path, images=images, labels=labels)
+  spec = dataclasses.replace(TINY, normalization=stats)
+  config = ml_collections.ConfigDict({'data': {'dataset': name, 'split': 'all', 'eval_batch_size': 4,
+                                               'subsets': 'val=0:6,report=6:11'}})
+  top1 = evaluation.split_accuracies(config, spec, module, variables)
+  alone = lambda split: evaluation.accuracy(module, variables, name, split, 4, None, stats)
+  assert top1 == {'': alone('all'), 'val': alone('all[0:6]'), 'report': alone('all[6:11]')}
+  assert 6 * top1['val'] + 5 * top1['report'] == pytest.approx(11 * top1[''])  # pooled counts
+  assert 0 < top1['val'] < 100 and 0 < top1['report'] < 100  # some right, some wrong
+  config.data.subsets = 'val=0:6,report=6:12'
+  with pytest.raises(UserError, match='covers 5 of the 11 examples'):
+    evaluation.split_accuracies(config, spec, module, variables)
+  for bad in ('val=5:5', 'val', 'a=0:2,a=2:4'):
+    with pytest.raises(ValueError):
+      evaluation.parse_subsets(bad)
+
+
 @pytest.mark.parametrize('arrays, split, message', [
     ({'pixels': np.zeros((2, 4, 4, 3), np.uint8), 'labels': np.zeros(2, int)}, 'all',
      "lacks the array\\(s\\) images"),
@@ -174,11 +205,21 @@ def test_config_family_keeps_the_paper_defaults_and_the_cpu_schedule():
   for field in ('batch_size', 'steps', 'warmup_steps', 'decay_steps'):
     assert c.train[field] == paper.train[field], field
   assert c.student.learning_rate == 1e-4 and c.loss == paper.loss
-  c = cifar10_akamaster.get_config('resnet20,w4a4+w3a3,gdfq,cpu800')
+  assert c.data.subsets == 'val=0:5000,report=5000:10000'
+  # scaledN: the paper's schedule scaled down (how cifar10.md was made)
+  c = cifar10_akamaster.get_config('resnet20,w4a4+w3a3,gdfq,scaled800')
   assert (c.quant.bits, c.method, c.train.batch_size, c.train.steps) == ('w4a4,w3a3', 'gdfq', 64, 800)
   assert tuple(c.train.decay_steps) == (200, 400, 600) and c.train.warmup_steps == 50
-  for bad in ('resnet32,w4a4', 'resnet20,w9a4', 'resnet20,w4a4,fast'):
-    with pytest.raises(ValueError, match='ARCH,BITS'):
+  # cpuN: constant rates, one decay at 0.8 N, warm-up 500 (or warmW), evaluations every N/6
+  c = cifar10_akamaster.get_config('resnet20,w4a4+w3a3,cpu3000')
+  assert (c.method, c.train.steps, c.train.warmup_steps, c.train.calibration_steps) == ('ris', 3000, 500, 500)
+  assert tuple(c.train.decay_steps) == (2400,) and (c.train.eval_every, c.train.checkpoint_every) == (500, 250)
+  c = cifar10_akamaster.get_config('resnet20,w3a3,gdfq,ait,cpu3000,warm100')
+  assert (c.method, c.student.method, c.train.warmup_steps) == ('gdfq', 'ait', 100)
+  assert (c.loss.student_ce, c.student.weight_decay, c.student.gi_threshold) == (False, 0.0, 1e-3)
+  for bad in ('resnet32,w4a4', 'resnet20,w9a4', 'resnet20,w4a4,fast', 'resnet20,w4a4,warm100',
+              'resnet20,w4a4,cpu100,warm200', 'resnet20,w4a4,cpu100,scaled100'):
+    with pytest.raises(ValueError, match='ARCH,BITS|warmW'):
       cifar10_akamaster.get_config(bad)
 
 
@@ -193,8 +234,10 @@ def test_shared_files_are_the_published_ones():
 
 
 @shared
-@pytest.mark.parametrize('arch, file, top1', [('resnet20_akamaster', 'resnet20-12fca82f.th', 91.73),
-                                              ('resnet56_akamaster', 'resnet56-4bfd9763.th', 93.39)])
+@pytest.mark.parametrize('arch, file, top1', [
+    ('resnet20_akamaster', 'resnet20-12fca82f.th', 91.73),
+    pytest.param('resnet56_akamaster', 'resnet56-4bfd9763.th', 93.39, marks=pytest.mark.full(
+        reason='ResNet-56 over all 10,000 test images (~30 s); ResNet-20 takes the same path'))])
 def test_real_teacher_as_downloaded(arch, file, top1, tmp_path):
   """The checkpoint exactly as a user has it: logits equal PyTorch's on real images, and the
   top-1 on all 10,000 test images through mode=eval_teacher is the published figure."""
@@ -215,7 +258,9 @@ def test_real_teacher_as_downloaded(arch, file, top1, tmp_path):
   config.mode = 'eval_teacher'
   config.teacher.checkpoint = path
   config.data.dataset = name
-  assert round(main.run(config, str(tmp_path))['teacher_top1'], 2) == top1
+  # the published figure (PyTorch); logits agree to 2e-5, so a near-tie may fall the other way
+  # under XLA's float order: two images of 10,000 allowed
+  assert abs(main.run(config, str(tmp_path))['teacher_top1'] - top1) <= 0.02 + 1e-9
 
 
 @shared
@@ -230,12 +275,12 @@ def test_preprocessing_belongs_to_the_teacher(monkeypatch):
   module, variables = convert.load_teacher(spec, os.path.join(SHARED, 'resnet20-12fca82f.th'))
   config = cifar10_akamaster.get_config('resnet20,w4a4')
   config.data.dataset = 'npz:' + os.path.join(SHARED, 'cifar10_test.npz')
-  config.data.split, config.data.eval_batch_size = 'all[:16]', 16
+  config.data.split, config.data.eval_batch_size, config.data.subsets = 'all[:16]', 16, ''
   seen = []
   real_counter = evaluation._counter
 
-  def recording(m):
-    count = real_counter(m)
+  def recording(m, ranges=()):
+    count = real_counter(m, ranges)
     return lambda v, x, *rest: seen.append(np.asarray(x)) or count(v, x, *rest)
   monkeypatch.setattr(evaluation, '_counter', recording)
   pixels = np.load(config.data.dataset[4:])['images'][:16].astype(np.float32) / 255

@@ -13,6 +13,7 @@ from flax import traverse_util
 from conftest import run_python, subprocess_env
 from ris_jax import config as config_lib, evaluation, ptq, quant, student, teacher, train
 from ris_jax.errors import UserError
+from ris_jax.models import get_arch
 
 TINY = {'train.batch_size': 16, 'generator.width': 16, 'generator.latent_dim': 16,
         'train.progress': False}
@@ -58,6 +59,8 @@ def calibrated(digits_teacher):
   return module, variables, held, t_module.apply(t_vars, held)
 
 
+@pytest.mark.full(reason='re-evaluates the output MSE of every grid point of every layer in '
+                  'Python (~28 s); test_mse_clipping_removes_an_outlier checks the search quickly')
 def test_mse_clipping_is_exact_bookkeeping(calibrated):
   module, variables, held, reference = calibrated
   clipped, info = ptq.clip_weights(module, variables, held, reference, (1.0, 0.7, 0.5))
@@ -80,6 +83,7 @@ def test_mse_clipping_is_exact_bookkeeping(calibrated):
 OUTLIER = ('output', 'kernel')
 
 
+@pytest.mark.full(reason='calibrates the W3A3 digits student and searches every layer (~60 s)')
 def test_mse_clipping_removes_an_outlier(calibrated):
   """One classifier weight 50× the kernel's largest magnitude in the network being quantized
   (the FP reference keeps the normal weight; no activation quantizer after the classifier
@@ -101,6 +105,7 @@ def test_mse_clipping_removes_an_outlier(calibrated):
   assert info['mse_before'] > 2 * clean  # the outlier did cost something
 
 
+@pytest.mark.full(reason='needs the calibrated W3A3 student of the clipping tests (~40 s)')
 def test_unit_clip_grid_is_no_clipping(calibrated):
   module, variables, held, reference = calibrated
   clipped, info = ptq.clip_weights(module, variables, held, reference, (1.0,))
@@ -143,6 +148,8 @@ def dfkd_run(digits_teacher, compile_cache, tmp_path_factory):
   return workdir, json.loads(proc.stdout[proc.stdout.index('{'):])
 
 
+@pytest.mark.full(reason='`python -m ris_jax.main` in a subprocess for DFKD (~25 s); the quick '
+                  'tier runs one jitted DFKD iteration (test_dfkd_step_trains_the_fp_student_only)')
 def test_dfkd_main_end_to_end(dfkd_run):
   workdir, printed = dfkd_run
   results = json.loads((workdir / 'results.json').read_text())
@@ -200,6 +207,7 @@ def test_dfkd_step_trains_the_fp_student_only(digits_teacher, compile_cache):
   assert np.isfinite(float(metrics['s_kd']))
 
 
+@pytest.mark.full(reason='eight jitted DFKD student updates (~10 s); one DFKD iteration stays in the quick tier')
 def test_kd_loss_falls_on_a_fixed_batch(digits_teacher):
   config = _dfkd_config(digits_teacher)
   spec, t_module, t_vars = teacher.get_teacher(config)
@@ -226,17 +234,23 @@ def test_kd_loss_falls_on_a_fixed_batch(digits_teacher):
 # ----------------------------------------------------------------------------- PTQ sources
 
 
-def test_ptq_from_each_source(digits_teacher, dfkd_run, tmp_path):
+@pytest.mark.full(reason='four PTQ runs, one per calibration source (~50 s); the quick tier runs one from a calibration set (test_ptq_from_a_calibration_set)')
+def test_ptq_from_each_source(digits_teacher, tiny_run, tmp_path):
   """Each source feeds its own images to the calibration (noise: the seeded normal draws;
   real: training digits; generator: the trained generator's batches, which its last BN
   normalizes per channel), the images set other activation ranges, and the reported top-1
   is that of the student calibrated on exactly those images."""
   from configs import ptq_digits
   from ris_jax import data, main
-  workdir, _ = dfkd_run
+  from ris_jax import synthesize
+  workdir, _ = tiny_run  # a trained generator (RIS)
   train_images = {im.tobytes() for im in data.load_arrays('digits', 'train')['image']}
+  calibration_set = str(tmp_path / 'calib.npz')  # that generator's images as uint8 pixels
+  synthesize.write(synthesize.synthesize(str(workdir), 40, progress=False), calibration_set, 'npz')
+  npz_images = {im.tobytes() for im in data.load_arrays(
+      f'npz:{calibration_set}', 'all', normalization=get_arch('resnet20_digits').normalization)['image']}
   ranges = {}
-  for source in ('noise', 'real', f'generator:{workdir}'):
+  for source in ('noise', 'real', f'generator:{workdir}', f'npz:{calibration_set}'):
     config = _tiny(ptq_digits.get_config('w4a8'), digits_teacher)
     config.ptq.batch_size = 16
     config.ptq.calibration_batches = 2
@@ -261,6 +275,8 @@ def test_ptq_from_each_source(digits_teacher, dfkd_run, tmp_path):
             jax.random.PRNGKey(config.seed), i), b.shape))
     elif kind == 'real':
       assert all(im.tobytes() in train_images for b in batches for im in b)
+    elif kind == 'npz':  # rows of the archive, normalized with the teacher's statistics
+      assert all(im.tobytes() in npz_images for b in batches for im in b)
     else:  # the generator ends in a non-affine batch-statistics BN
       for b in batches:
         np.testing.assert_allclose(b.mean((0, 1, 2)), 0.0, atol=1e-5)
@@ -272,8 +288,33 @@ def test_ptq_from_each_source(digits_teacher, dfkd_run, tmp_path):
     stem = variables['quant_ranges']['init_block']['Activation_0']
     deep = variables['quant_ranges']['stage3_unit3']['Activation_0']
     ranges[kind] = np.array([float(stem['hi']), float(deep['hi'])])
-  # Real and generator images set other activation ranges than noise (an upper end of the
-  # stem's or the last unit's range differs by more than 5 %).
-  for other in ('real', 'generator'):
+  # Real, generator and npz images set other activation ranges than noise (an upper end of
+  # the stem's or the last unit's range differs by more than 5 %).
+  for other in ('real', 'generator', 'npz'):
     a, b = ranges['noise'], ranges[other]
     assert np.any(np.abs(a - b) > 0.05 * np.maximum(a, b)), ranges
+
+
+def test_ptq_from_a_calibration_set(digits_teacher, tiny_run, tmp_path):
+  """`ptq.source=npz:PATH`: a calibration set made by `ris_jax.synthesize` from a trained
+  generator calibrates the student; every batch holds rows of the archive normalized with the
+  teacher's statistics, and the reported top-1 is that of the student calibrated on them."""
+  from configs import ptq_digits
+  from ris_jax import data, main, synthesize
+  path = str(tmp_path / 'calib.npz')
+  synthesize.write(synthesize.synthesize(str(tiny_run[0]), 24, progress=False), path, 'npz')
+  config = _tiny(ptq_digits.get_config('w4a8'), digits_teacher)
+  config.ptq.update(batch_size=16, calibration_batches=2, clip_weights=False, source=f'npz:{path}')
+  results = main.run(config, str(tmp_path / 'ptq'))
+  assert results['source'] == f'npz:{path}' and results['calibration_images'] == 32
+  spec, _, t_vars = teacher.get_teacher(config)
+  rows = {im.tobytes() for im in data.load_arrays(f'npz:{path}', 'all', normalization=spec.normalization)['image']}
+  batches = [np.asarray(b) for b in ptq.calibration_images(config, spec)]
+  assert [b.shape for b in batches] == [(16,) + spec.input_shape] * 2
+  assert all(im.tobytes() in rows for b in batches for im in b)
+  module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
+  variables = student.calibrate(module, variables, batches)
+  assert results['top1_calibrated'] == evaluation.accuracy(module, variables, 'digits', 'test', 360)
+  with pytest.raises(UserError, match='does not exist; make a calibration set'):
+    config.ptq.source = f'npz:{tmp_path}/missing.npz'
+    ptq.check_source(config)

@@ -81,7 +81,8 @@ def _export(variant, teacher, digits, tmp_path_factory):
   return _CACHE[variant]
 
 
-@pytest.fixture(scope='module', params=VARIANTS,
+@pytest.fixture(scope='module', params=[VARIANTS[0]] + [pytest.param(v, marks=pytest.mark.full(
+    reason='another calibrated student exported and compared (~10 s each)')) for v in VARIANTS[1:]],
                 ids=lambda v: 'W{}A{}'.format(*v) + (f'_fl{v[2]}' if v[2] else ''))
 def exported(request, teacher, digits, tmp_path_factory):
   return _export(request.param, teacher, digits, tmp_path_factory)
@@ -174,6 +175,7 @@ def test_state_dict_holds_the_quantized_kernels(w4a4):
                                 np.asarray(variables['params']['output']['bias']))
 
 
+@pytest.mark.full(reason='a Python process that loads the program without ris_jax (~9 s)')
 def test_program_runs_without_ris_jax(w4a4, digits, tmp_path):
   _, test = digits
   np.save(tmp_path / 'x.npy', test['image'][:16].transpose(0, 3, 1, 2))
@@ -188,13 +190,13 @@ def test_program_runs_without_ris_jax(w4a4, digits, tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / 'y.npy'), here, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_exports_a_trained_run(demo_run, tmp_path, capsys):
+def test_cli_exports_a_trained_run(tiny_run, tmp_path, capsys):
   """The real path: a training run's checkpoint → `python -m ris_jax.export` (its main, in
   process) → student.pt2, whose predictions on the digits test split are the JAX student's
   and score the run's final top-1."""
   from ris_jax import loop
-  workdir, printed = demo_run
-  run = str(workdir / 'ris')
+  workdir, results = tiny_run
+  run = str(workdir)
   export.main(['--workdir', run, '--out', str(tmp_path / 'cli')])
   assert 'exported resnet20_digits W3A3' in capsys.readouterr().out
   assert (tmp_path / 'cli' / export.STATE_DICT_FILE).is_file()
@@ -208,4 +210,4 @@ def test_cli_exports_a_trained_run(demo_run, tmp_path, capsys):
   assert (j.argmax(1) == t.argmax(1)).mean() >= 0.995
   assert np.median(np.abs(j - t).max(1)) <= 1e-5 * np.abs(j).max()
   top1 = 100 * np.mean(t.argmax(1) == test['label'])
-  assert abs(top1 - printed['ris']['student_top1_final']) <= 100 / 360 + 1e-9  # one image
+  assert abs(top1 - results['student_top1_final']) <= 100 / 360 + 1e-9  # one image

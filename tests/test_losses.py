@@ -213,6 +213,7 @@ def _models():
   return config, models, state, t_vars
 
 
+@pytest.mark.full(reason='compiles the robustness term for every combination of its switches (~12 s); the numpy checks of each equation stay quick')
 def test_robustness_term_zero_without_perturbation():
   config, models, _, t_vars = _models()
   x, rng = images(), jax.random.PRNGKey(0)
@@ -242,6 +243,7 @@ def test_robustness_term_zero_without_perturbation():
 TERMS = ('g_ce', 'g_bns', 'g_rob', 'g_div')
 
 
+@pytest.mark.full(reason='a generator-loss gradient program per term (~15 s); the quick tier trains with every term (tiny_run)')
 def test_every_generator_loss_term_reaches_the_generator():
   config, models, state, t_vars = _models()
   batch = 8

@@ -32,6 +32,9 @@ import pytest
 
 from conftest import REPO, subprocess_env
 
+pytestmark = pytest.mark.full(reason='several processes, each compiling every program of its run '
+                              'again (JAX keys its compilation cache by process topology): ~6 min')
+
 FAULTS = os.path.join(REPO, 'tests', 'reliability_faults.py')
 TIMEOUT = 600
 STEPS = 4
@@ -189,10 +192,13 @@ def test_teacher_cache_trained_once_and_eval_teacher_counts_each_example_once(te
     trained = json.load(f)
   assert trained['test_top1'] > 30.0  # trained: far above chance (10%)
   p0, p1 = teacher['two']
-  assert p0 == p1 == teacher['one']
+  assert p0 == p1  # one run
+  # 50 test digits per device in 2 processes against 100 on one device: other programs, so a
+  # near-tie may fall the other way (one example allowed); every example counted once.
+  assert_results_close(p0, teacher['one'])
   assert p0['eval_examples'] == 360
   # The accuracy the teacher training measured (same variables, same split) agrees.
-  assert p0['teacher_top1'] == pytest.approx(trained['test_top1'], abs=1e-9)
+  assert abs(p0['teacher_top1'] - trained['test_top1']) <= 100 / 360 + 1e-9
 
 
 def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
@@ -217,8 +223,11 @@ def test_ptq_two_processes_equal_one(teacher, compile_cache, tmp_path):
   ok(finish(two))
   two, one = results(tmp_path / 'two'), results(tmp_path / 'one')
   assert sorted(os.listdir(tmp_path / 'two')) == ['config.json', 'results.json']
-  assert two == one
-  assert two['eval_examples'] == 360 and two['teacher_top1'] == teacher['one']['teacher_top1']
+  # per-device evaluation batches of 50 (2 processes) against 100 (this process): accuracies
+  # within one example; the clipping choices (`alphas`) equal
+  assert_results_close(two, one)
+  assert two['eval_examples'] == 360
+  assert abs(two['teacher_top1'] - teacher['one']['teacher_top1']) <= 100 / 360 + 1e-9
 
 
 # ---------------------------------------------------------------------------------- training
@@ -252,12 +261,40 @@ def without_wall_time(printed_results: dict) -> dict:
   return {k: v for k, v in printed_results.items() if k != 'wall_s'}
 
 
-def assert_rows_close(a, b, student_rtol=1e-5):
+# Figures that count examples of a batch (argmax agreements): a float difference can only move
+# them by whole examples. (training batch 16, diagnostics probe 100)
+BATCH_FRACTIONS = {'s_acc_on_synthetic': 16, 'teacher_acc_on_synthetic': 16,
+                   'diag_teacher_agreement': 100}
+
+
+def assert_results_close(a, b, examples=1, size=360):
+  """Equal results: the same keys; accuracies (top-1 over `size` test images) within
+  `examples` examples (evaluations in other programs — per-device batches of another size,
+  sums in another order — may put a near-tie on the other side); other floats to 1e-5;
+  everything else exactly."""
+  assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+  for k in a:
+    if isinstance(a[k], dict):
+      assert_results_close(a[k], b[k], examples, size)
+    elif 'top1' in k:
+      assert abs(a[k] - b[k]) <= examples * 100 / size + 1e-9, (k, a[k], b[k])
+    elif isinstance(a[k], float) and k != 'wall_s':
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+    elif k != 'wall_s':
+      assert a[k] == b[k], (k, a[k], b[k])
+
+
+def assert_rows_close(a, b, student_rtol=1e-5, examples=0):
   """Equal metrics.jsonl rows (`rows`): same steps and keys, values to float tolerance
-  (`student_rtol` for the student's losses on synthetic images, `s_*`)."""
+  (`student_rtol` for the student's losses on synthetic images, `s_*`); the fractions of a
+  batch (BATCH_FRACTIONS) may differ by `examples` examples."""
   assert [(x['step'], sorted(x)) for x in a] == [(y['step'], sorted(y)) for y in b]
   for x, y in zip(a, b):
     for k in x:
+      size = BATCH_FRACTIONS.get(k.split('/')[0])
+      if size:
+        assert abs(x[k] - y[k]) <= examples / size + 1e-9, (x['step'], k, x[k], y[k])
+        continue
       rtol = student_rtol if k.startswith('s_') else 1e-5
       np.testing.assert_allclose(x[k], y[k], rtol=rtol, atol=1e-6, err_msg=f'step {x["step"]} {k}')
 
@@ -315,10 +352,13 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(teacher, compile
   sums over devices run in another order across processes (gloo) than within one process, so
   the losses of step 1, from the same initial state, already differ by float rounding; a
   student update turns such noise into W8 level flips (seen: 1-2 of the 360 test digits after
-  1-2 steps). Frozen, the student (weights, activation ranges) and its accuracy are identical;
-  its losses on the synthetic images, whose generator normalizes with 4-way batch statistics,
-  agree to 1e-3 (W8A8 activations at a level boundary); the generator took one Adam step
-  (each parameter moves by at most its learning rate)."""
+  1-2 steps). Frozen, the student's weights are identical; its activation ranges (batch
+  min/max of images whose generator normalizes with 4-way batch statistics) agree to 1e-5 and
+  its losses on the synthetic images to 1e-3 (W8A8 activations at a level boundary); the
+  generator took one Adam step (each parameter moves by at most its learning rate). Where such
+  a difference meets an argmax near-tie, one image is classified the other way (seen on an AMD
+  EPYC: the student's accuracy on the 16 synthetic images 0.25 vs 0.1875), so the fractions of
+  a batch and the test accuracies may differ by one example."""
   args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}', '--config.train.steps=1',
                         '--config.train.warmup_steps=1', '--config.train.calibration_steps=1',
                         '--config.train.eval_every=1', '--config.train.checkpoint_every=1']
@@ -327,10 +367,10 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(teacher, compile
   ok(finish(one))
   assert_files_written_once(tmp_path / 'two')
   two, one = rows(tmp_path / 'two'), rows(tmp_path / 'one')
-  assert_rows_close(two, one, student_rtol=1e-3)
+  assert_rows_close(two, one, student_rtol=1e-3, examples=1)
   assert [x['step'] for x in two if 'g_loss' in x] == [1]
   assert results(tmp_path / 'two')['devices'] == 4
-  assert results(tmp_path / 'two') == results(tmp_path / 'one')
+  assert_results_close(results(tmp_path / 'two'), results(tmp_path / 'one'))
   arrays_two = checkpoint_arrays(tmp_path / 'two', 1)
   arrays_one = checkpoint_arrays(tmp_path / 'one', 1)
   assert arrays_two.keys() == arrays_one.keys()
@@ -338,6 +378,8 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(teacher, compile
   for k in arrays_two:
     if k.startswith("['generator']"):
       assert np.abs(arrays_two[k] - arrays_one[k]).max() <= 2 * lr * (1 + 1e-6), k
+    elif k.startswith("['quant_ranges']"):  # batch min/max of images made with 4-way BN sums
+      np.testing.assert_allclose(arrays_two[k], arrays_one[k], rtol=1e-5, err_msg=k)
     elif not k.startswith("['generator_opt']"):
       assert np.array_equal(arrays_two[k], arrays_one[k]), k
 

@@ -19,6 +19,8 @@ from conftest import tiny_config
 from ris_jax import loop, train
 from test_train import Interrupted, watched_steps
 
+pytestmark = pytest.mark.full(reason='three training runs with two students on one generator and their single-student twins (~2 min)')
+
 
 def _rows(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -90,29 +92,40 @@ def test_multi_bit_width_student_equals_the_same_student_trained_alone(digits_te
     alone[f'w{w}a{w}'] = _steps(c, digits_teacher, steps)
   m_states, m_metrics = _steps(multi, digits_teacher, steps)
   assert set(m_states[0].student) == {'w8a8', 'w3a3'}  # a dict pytree: keys come back sorted
+  # The multi-student program and the single-student ones are different XLA programs: fusion
+  # and FMA contraction may round otherwise on another CPU or build, so nothing here is
+  # required bit for bit (on the 2-core machine the generator and the W3A3 student are).
   worst = {}  # (tag, quantity) → max relative difference over the iterations
   for tag, (states, metrics) in alone.items():
     for i in range(steps):
       for k, v in metrics[i].items():
-        if k.startswith('g_') or k in ('teacher_acc_on_synthetic', 'lr_generator'):
-          assert m_metrics[i][k] == v, (i, k)  # the same generator, bit for bit
+        if k == 'lr_generator':
+          assert m_metrics[i][k] == v, (i, k)  # a schedule, no arithmetic on data
+        elif k == 'teacher_acc_on_synthetic':  # one image of 16 may fall on a near-tie
+          assert abs(float(m_metrics[i][k]) - float(v)) <= 1 / 16 + 1e-9, (i, k)
+        elif k.startswith('g_'):
+          np.testing.assert_allclose(m_metrics[i][k], v, rtol=1e-5, err_msg=f'{i} {k}')
         elif k.startswith('s_') and k != 's_acc_on_synthetic':  # relative to the total loss
           d = abs(float(m_metrics[i][f'{k}/{tag}']) - float(v)) / abs(float(metrics[i]['s_loss']))
           worst[tag, 'losses'] = max(worst.get((tag, 'losses'), 0.0), d)
-      assert _rel_diff(m_states[i].generator, states[i].generator) == 0.0, i
+      # the generator: Adam moves each parameter by at most ~lr per step (1e-3 here), so
+      # rounding noise in a gradient moves it by at most 2·lr (test_train's 1 vs 8 devices)
+      for x, y in zip(jax.tree.leaves(m_states[i].generator['params']),
+                      jax.tree.leaves(states[i].generator['params'])):
+        assert np.abs(np.asarray(x) - np.asarray(y)).max() <= 2.01e-3, i
       for name in ('student', 'quant_ranges', 'student_opt'):  # momentum = the gradients
         d = _rel_diff(getattr(m_states[i], name)[tag], getattr(states[i], name)[tag])
         worst[tag, name] = max(worst.get((tag, name), 0.0), d)
   print({f'{t}/{q}': f'{d:.1e}' for (t, q), d in worst.items()})
-  # W3A3: bit for bit the student trained alone (losses, parameters, ranges, optimizer state).
-  assert all(d == 0.0 for (tag, _), d in worst.items() if tag == 'w3a3'), worst
-  # W8A8: the two programs compile its convolutions with other float rounding, so its
-  # activation ranges differ by ~1e-7 relative (seen: 8e-8); 8-bit level flips then amplify
-  # that in the losses and gradients (seen: up to 5e-3 of the loss with this weak 2-epoch
-  # teacher, 7e-5 with the 99.72 % one). A wrong image, label, teacher logit or update moves
-  # the ranges by 1e-2 and more.
-  assert worst['w8a8', 'quant_ranges'] <= 1e-6, worst
-  assert worst['w8a8', 'losses'] <= 2e-2 and worst['w8a8', 'student'] <= 2e-3, worst
+  # Each student equals the one trained alone up to float rounding of another program, which
+  # quantization can amplify: an activation rounded to the other level moves a layer's range
+  # by a fraction of a level (~4e-3 of the range at 8 bits) and the losses and gradients
+  # downstream (seen on the 2-core machine: W3A3 bit for bit; W8A8 ranges 8e-8, losses up to
+  # 5e-3 of the loss with this weak 2-epoch teacher, 7e-5 with the 99.72 % one). A wrong image,
+  # label, teacher logit or update moves the ranges by 1e-2 and more.
+  for tag in alone:
+    assert worst[tag, 'quant_ranges'] <= 5e-3, worst
+    assert worst[tag, 'losses'] <= 2e-2 and worst[tag, 'student'] <= 2e-3, worst
   for tag in alone:  # the students did train: fine-tuning moved their parameters
     assert _rel_diff(m_states[-1].student[tag], m_states[1].student[tag]) > 1e-6, tag
   # The two students differ (they are not one student logged twice).

@@ -118,6 +118,7 @@ def robustness(models, t_vars, x, rng, margins=(0.0, 0.0)):
 # ----------------------------------------------------------------------------- config.loss
 
 
+@pytest.mark.full(reason='compiles a generator-loss or whole-step program of its own for the option (6–22 s)')
 def test_kl_distance_num_draws_and_margin_fraction():
   """loss.prediction_distance='kl', loss.num_draws > 1 and loss.margin_fraction > 0: L_rob is
   the mean over N draws (keys split from the step's key) of w_f·max(L_feat − m_f, 0) +
@@ -156,6 +157,7 @@ def test_kl_distance_num_draws_and_margin_fraction():
   assert not np.any(np.asarray(train.noise_margins(models, t_vars, B, TINY.input_shape, 0.0, m_rng)))
 
 
+@pytest.mark.full(reason='compiles a generator-loss or whole-step program of its own for the option (6–22 s)')
 def test_adversarial_weight_perturbation():
   """loss.adversarial: θ̃ = θ + ε|θ|·sign(∂L/∂ξ) at a random ξ, the gradient written out here
   (ξ drawn as train draws it, from the weight half of the draw's key)."""
@@ -190,6 +192,7 @@ def test_adversarial_weight_perturbation():
   assert value > 1.5 * random_value, (value, random_value)
 
 
+@pytest.mark.full(reason='compiles a generator-loss or whole-step program of its own for the option (6–22 s)')
 def test_diversity_weight_and_student_ce_off_through_the_generator_and_student_losses():
   """loss.diversity_weight > 0: L_G gains λ_d·mean_{i≠j} C_ij² of the teacher's predictions on
   the generated images; loss.student_ce=False: L_Q is α·KD alone. Both against numpy."""
@@ -255,7 +258,8 @@ def _stem_activation(probe=None, seen=None):
   return nn.intercept_methods(interceptor)
 
 
-@pytest.mark.parametrize('clipped', [False, True])
+@pytest.mark.parametrize('clipped', [pytest.param(False, marks=pytest.mark.full(
+    reason='the plain STE compiled again (~15 s); the clipped one has the mask to check')), True])
 def test_clipped_ste_zeroes_gradients_outside_the_range(clipped):
   """quant.clipped_ste: the activation quantizer passes no gradient where the ReLU output lies
   outside the calibrated [lo, hi] (here: images twice as large as the calibration batch);
@@ -286,7 +290,13 @@ def test_clipped_ste_zeroes_gradients_outside_the_range(clipped):
   if clipped:
     passes &= relu <= hi
   assert (relu > hi).sum() >= 20  # the range is exceeded somewhere
-  assert np.all(g[~passes] == 0)
+  # The mask and the gradient come from two programs: an element within rounding of a
+  # boundary (0, hi) may fall on its other side in one of them; those are not judged.
+  tol = 1e-5 * np.abs(pre).max()
+  clear = np.abs(pre) > tol
+  if clipped:
+    clear &= np.abs(relu - hi) > tol
+  assert np.all(g[~passes & clear] == 0)
   assert np.mean(g[passes] != 0) > 0.95
 
 
@@ -390,6 +400,7 @@ def test_conditional_bn_generator_matches_numpy():
   assert np.abs(np.asarray(other) - np.asarray(out)).max() > 0.1
 
 
+@pytest.mark.full(reason='compiles a generator-loss or whole-step program of its own for the option (6–22 s)')
 def test_one_ris_step_with_every_option_on():
   """One jitted RIS iteration with generator.kind='conditional_bn' and every loss/quant option
   on (adversarial, 2 draws, margins, KL, L_div, no student CE, clipped STE, 8-bit first/last

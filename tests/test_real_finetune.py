@@ -19,13 +19,13 @@ def test_finetune_on_real_images(digits_teacher, compile_cache):
   config.train.steps, config.train.eval_every = 6, 3
   config.student.learning_rate = 0.05
   seen = []  # every accuracy the run measures, in order
-  measure = evaluation.accuracy  # the real one (the patch below replaces the module attribute)
+  measure = evaluation.split_accuracy  # the real one (the patch below replaces the module attribute)
 
   def accuracy(*args, **kwargs):
     seen.append(measure(*args, **kwargs))
     return seen[-1]
 
-  with mock.patch.object(real_finetune.evaluation, 'accuracy', accuracy):
+  with mock.patch.object(real_finetune.evaluation, 'split_accuracy', accuracy):
     tuned = real_finetune.finetune_on_real(config)
   # warm-up end (step 2), the evaluation at step 3 (fine-tuning, before the end), final, teacher
   assert len(seen) == 4 and seen[3] == tuned['teacher_top1']

@@ -127,6 +127,9 @@ def assert_same_run(a, b):
 # ---------------------------------------------------------------------------------------------
 # Fixtures: environment, teacher, the reference run, and the scenarios running concurrently
 
+SCENARIOS = pytest.mark.full(reason='subprocess runs of the tiny config, killed, damaged and '
+                             'resumed, several at a time (~2 min for the module)')
+
 
 @pytest.fixture(scope='module')
 def env(compile_cache):
@@ -157,12 +160,11 @@ def teacher(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def scenarios(teacher, env, tmp_path_factory):
-  """{name: future of the scenario's observations}. Config errors start at once; the reference
-  run compiles meanwhile; then every scenario that needs it starts."""
+  """{name: future of the scenario's observations}. A convert error starts at once; the
+  reference run compiles meanwhile; then every scenario that needs it starts."""
   tmp = lambda name: tmp_path_factory.mktemp(name)
   pool = concurrent.futures.ThreadPoolExecutor(PARALLEL)
-  futures = {f'config:{case}': pool.submit(config_error, case, teacher, env, tmp(case))
-             for case in SUBPROCESS_CONFIG_ERRORS}
+  futures = {}
   futures['cli:convert_truncated_pth'] = pool.submit(convert_truncated_pth, teacher, env,
                                                      tmp('convert'))
   try:
@@ -186,6 +188,7 @@ def scenarios(teacher, env, tmp_path_factory):
 # Runs, kills, resumes
 
 
+@SCENARIOS
 def test_reference_run(scenarios):
   workdir, out = scenarios['reference'].result()
   assert 'resuming' not in out
@@ -223,6 +226,7 @@ def kill_9(reference, teacher, env, tmp):
   return seen
 
 
+@SCENARIOS
 def test_kill_9_at_a_random_step_resumes_losing_at_most_one_interval(scenarios):
   seen = scenarios['kill_9'].result()
   replay = f'RIS_JAX_KILL_SEED={KILL_SEED}'
@@ -260,6 +264,7 @@ def kill_in_save(reference, teacher, env, tmp):
   return seen
 
 
+@SCENARIOS
 def test_a_checkpoint_killed_while_being_written_is_never_resumed(scenarios):
   seen = scenarios['kill_in_save'].result()
   assert seen['rc'] == -signal.SIGKILL, seen['err'][-3000:]
@@ -276,6 +281,7 @@ def non_finite(reference, teacher, env, tmp):
   return dict(rc=rc, err=err, workdir=workdir)
 
 
+@SCENARIOS
 def test_non_finite_loss_stops_naming_loss_and_step_keeping_the_last_good_checkpoint(scenarios):
   seen = scenarios['nan'].result()
   workdir, reference = seen['workdir'], scenarios['reference'].result()[0]
@@ -323,6 +329,7 @@ def overwrite(reference, teacher, env, tmp):
   return seen
 
 
+@SCENARIOS
 def test_workdir_of_another_config_is_refused_unless_overwrite_which_starts_afresh(scenarios):
   seen = scenarios['overwrite'].result()
   workdir = seen['workdir']
@@ -337,6 +344,7 @@ def test_workdir_of_another_config_is_refused_unless_overwrite_which_starts_afre
   assert os.path.isfile(os.path.join(workdir, 'notes.txt'))
 
 
+@SCENARIOS
 def test_same_config_and_seed_are_bit_identical(scenarios):
   """The run `overwrite` started afresh computes what the reference run computed, bit for bit
   (max_checkpoints, its only difference, changes no number)."""
@@ -424,13 +432,16 @@ def main_in_process(argv, monkeypatch, capsys):
   return 0, ''
 
 
-@pytest.mark.parametrize('case', list(CONFIG_ERRORS))
-def test_config_errors_before_any_compute(scenarios, teacher, case, tmp_path, monkeypatch, capsys):
-  if case in SUBPROCESS_CONFIG_ERRORS:
-    rc, err, workdir = scenarios[f'config:{case}'].result()
-  else:
-    rc, err = main_in_process(config_error_args(case, teacher, tmp_path)[2:], monkeypatch, capsys)
-    workdir = tmp_path / 'run'
+@pytest.mark.parametrize('case', [c for c in CONFIG_ERRORS if c not in SUBPROCESS_CONFIG_ERRORS])
+def test_config_errors_before_any_compute(teacher, case, tmp_path, monkeypatch, capsys):
+  rc, err = main_in_process(config_error_args(case, teacher, tmp_path)[2:], monkeypatch, capsys)
+  assert_user_error(rc, err, *CONFIG_ERRORS[case][1])
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('case', SUBPROCESS_CONFIG_ERRORS)
+def test_config_errors_of_the_command_line(teacher, env, case, tmp_path):
+  rc, err, workdir = config_error(case, teacher, env, tmp_path)
   assert_user_error(rc, err, *CONFIG_ERRORS[case][1])
   assert not os.path.exists(workdir)
 
@@ -495,6 +506,7 @@ def convert_truncated_pth(teacher, env, tmp):
               '--out', out], env) + (out,)
 
 
+@SCENARIOS
 @pytest.mark.parametrize('case', ['convert_truncated_pth'] + list(CLI_CASES))
 def test_corrupt_inputs_of_export_and_convert(scenarios, case, tmp_path):
   if case in IN_PROCESS_CLI_CASES:

@@ -6,14 +6,19 @@ step programs per device count are compiled once per session (persistent cache).
 import contextlib
 import json
 import os
+import time
 from unittest import mock
 
 import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, run_python, subprocess_env, tiny_config
+from conftest import (REPO, TINY_RUN_STEPS, run_python, subprocess_env, tiny_config,
+                      tiny_run_config)
 from ris_jax import loop, train
+
+EIGHT_DEVICES = pytest.mark.full(reason='a subprocess on 8 simulated CPU devices compiles every '
+                                 'program of the tiny run again (~45 s)')
 
 # ----------------------------------------------------------------------------- 1 vs 8 devices
 
@@ -36,6 +41,7 @@ def device_runs(digits_teacher, compile_cache, tmp_path_factory):
   return {n: dict(np.load(out / f'{n}.npz')) for n in (1, 8)}
 
 
+@EIGHT_DEVICES
 def test_eight_devices_really_used(device_runs):
   one, eight = device_runs[1], device_runs[8]
   assert (int(one['devices']), int(one['mesh_size']), int(one['state_devices'])) == (1, 1, 1)
@@ -45,6 +51,7 @@ def test_eight_devices_really_used(device_runs):
   assert int(one['all_reduces']) == 0 and int(eight['all_reduces']) > 0
 
 
+@EIGHT_DEVICES
 def test_teacher_never_changes(device_runs):
   for run in device_runs.values():
     assert float(run['teacher_max_change']) == 0.0 and not bool(run['teacher_deleted'])
@@ -66,6 +73,7 @@ def _norm(arrays):
   return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays)))
 
 
+@EIGHT_DEVICES
 def test_one_vs_eight_devices(device_runs):
   """Each step on 8 devices starts from the 1-device state and must end where the 1-device
   step ends. Whole trajectories are not compared: float32 reassociation of the all-reduced
@@ -176,15 +184,13 @@ def _results(workdir):
   return results
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(digits_teacher, compile_cache, tmp_path):
-  """Run A: 4 steps uninterrupted. Run B: the same config, killed (an exception from the step
-  function) right after the checkpoint of step 2, then rerun unchanged: it must resume from
-  step 2 and end exactly where A ends."""
-  config = tiny_config(digits_teacher)
-  config.train.steps = 4
-  config.train.checkpoint_every = config.train.eval_every = config.train.log_every = 2
-  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
-  loop.train_and_evaluate(config, a)
+@pytest.mark.full(reason='a run killed after a checkpoint and rerun (~40 s); the quick tier resumes runs stopped by a deadline (test_deadline_and_iteration_budget_stop_with_a_checkpoint)')
+def test_resume_after_interruption_equals_uninterrupted_run(digits_teacher, tiny_run, tmp_path):
+  """Run A: `tiny_run`, 4 steps uninterrupted. Run B: the same config, killed (an exception
+  from the step function) right after the checkpoint of step 2, then rerun unchanged: it must
+  resume from step 2 and end exactly where A ends."""
+  config = tiny_run_config(digits_teacher)
+  a, b = str(tiny_run[0]), str(tmp_path / 'b')
 
   calls = []
   with watched_steps(calls, stop_after=2), pytest.raises(Interrupted):
@@ -209,19 +215,42 @@ def test_resume_after_interruption_equals_uninterrupted_run(digits_teacher, comp
   assert _results(b) == _results(a)
 
 
-def test_step_compiles_once_per_phase(digits_teacher, compile_cache, tmp_path):
-  """Two calls per phase show what forty do: the jit cache holds one program through the
-  warm-up and two through the fine-tuning (no recompilation per step, nor at the logging,
-  evaluation and checkpoint steps in between)."""
-  config = tiny_config(digits_teacher)
-  config.train.steps = 4
-  config.train.warmup_steps = config.train.calibration_steps = 2
+def test_deadline_and_iteration_budget_stop_with_a_checkpoint(digits_teacher, tiny_run, tmp_path):
+  """Chunked training (experiments/accelerator_run.py): a passed deadline stops after the first
+  iteration, an iteration budget after that many, each with a checkpoint and the students'
+  top-1; the rerun without either ends exactly where the uninterrupted `tiny_run` ended."""
+  config = tiny_run_config(digits_teacher)
+  b = str(tmp_path / 'b')
+  out = loop.train_and_evaluate(config, b, deadline=time.time())
+  assert out['stopped_at'] == 1 and out['steps'] == TINY_RUN_STEPS
+  assert sorted(os.listdir(os.path.join(b, 'checkpoints'))) == ['1']
+  assert set(out['students']) == {'w3a3'} and 0 <= out['students']['w3a3'][''] <= 100
+  out = loop.train_and_evaluate(config, b, max_iterations=2)
+  assert out['stopped_at'] == 3 and '3' in os.listdir(os.path.join(b, 'checkpoints'))
+  assert not os.path.exists(os.path.join(b, 'results.json'))
+  loop.train_and_evaluate(config, b)
+  assert _results(b) == _results(str(tiny_run[0]))
+  rows_a, rows_b = _rows(str(tiny_run[0])), _rows(b)
+  assert [r['step'] for r in rows_a] == [r['step'] for r in rows_b]
+  for ra, rb in zip(rows_a, rows_b):
+    assert ra.keys() == rb.keys()
+    for k in ra:
+      np.testing.assert_allclose(rb[k], ra[k], rtol=1e-6, err_msg=f'step {ra["step"]} {k}')
+
+
+def test_step_compiles_once_per_phase(digits_teacher, tiny_run, tmp_path):
+  """Calls show what forty do: the jit cache holds one program through the warm-up and two
+  through the fine-tuning (no recompilation per step, nor at the logging, evaluation and
+  checkpoint steps in between). The tiny run's config and programs (persistent cache), with
+  the process's memoized step cleared, so that this run's jit starts empty."""
+  config = tiny_run_config(digits_teacher)
+  config.train.steps = 6
   config.train.log_every = 1
-  config.train.eval_every = config.train.checkpoint_every = 2
+  train.jit_ris_step.cache_clear()
   calls = []
   with watched_steps(calls):
     loop.train_and_evaluate(config, str(tmp_path))
-  assert calls == [(False, True, 1)] * 2 + [(True, False, 2)] * 2
+  assert calls == [(False, True, 1)] + [(True, False, 2)] * 5
 
 
 # ----------------------------------------------------------------------------- main
@@ -241,6 +270,37 @@ def _summary_rows(text):
   return rows
 
 
+def test_tiny_run_end_to_end(tiny_run, tmp_path):
+  """`main.run` in this process (the quick tier's end-to-end run): results.json equals what
+  main returned and the logged evaluations; the diagnostics at step 0 and every evaluation;
+  the checkpoint's student scores the final accuracy; samples.png is the final generator's."""
+  from PIL import Image
+  from ris_jax import diagnostics, evaluation, ptq, teacher
+  run, results = tiny_run
+  assert json.loads((run / 'results.json').read_text()) == results
+  assert REQUIRED <= set(results) and results['steps'] == TINY_RUN_STEPS
+  rows = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+  evals = {r['step']: r['student_top1'] for r in rows if 'student_top1' in r}
+  assert sorted(evals) == [2, 4] and results['student_top1_final'] == evals[4]
+  assert results['student_top1_best'] == max(evals.values())
+  assert [r['student_top1_initial'] for r in rows if 'student_top1_initial' in r] == [
+      results['student_top1_initial']]
+  diag = [r for r in rows if 'diag_teacher_agreement' in r]
+  assert [r['step'] for r in diag] == [0, 2, 4]
+  assert all(np.isfinite(r[k]) for r in diag for k in diagnostics.NAMES)
+  assert [r['step'] for r in rows if 'g_rob' in r] == [2, 4]  # RIS: the robustness term logged
+  models, state = ptq.load_generator(str(run))
+  config = ml_collections.ConfigDict(json.loads((run / 'config.json').read_text()))
+  _, _, t_vars = teacher.get_teacher(config)
+  assert evaluation.accuracy(models.student, train.student_variables(state, t_vars), 'digits',
+                             'test', 360) == results['student_top1_final']
+  png = np.asarray(Image.open(run / 'samples.png').convert('RGB'))
+  loop._sample_png(models, state, str(tmp_path), 'digits', TINY_RUN_STEPS, config.seed)
+  np.testing.assert_array_equal(png, np.asarray(Image.open(tmp_path / 'samples.png').convert('RGB')))
+
+
+@pytest.mark.full(reason='the demo from the command line, RIS and GDFQ in a subprocess (~85 s); '
+                  'the quick tier runs main in process (test_tiny_run_end_to_end)')
 def test_main_end_to_end(demo_run, tmp_path):
   from PIL import Image
   from ris_jax import ptq
@@ -264,7 +324,14 @@ def test_main_end_to_end(demo_run, tmp_path):
     assert sorted(evals) == [3, 6]
     assert [r['student_top1_initial'] for r in rows if 'student_top1_initial' in r] == [
         results['student_top1_initial']] and rows[1]['step'] == 1
-    assert rows[0] == {'step': 0, 'teacher_top1': results['teacher_top1']}
+    from ris_jax import diagnostics
+    assert set(rows[0]) == {'step', 'teacher_top1', *diagnostics.NAMES}
+    assert rows[0]['teacher_top1'] == results['teacher_top1']
+    # the mechanism diagnostics of the generator at step 0 and at every evaluation, finite
+    diag_rows = [r for r in rows if 'diag_teacher_agreement' in r]
+    assert [r['step'] for r in diag_rows] == [0, 3, 6]
+    assert all(set(diagnostics.NAMES) <= set(r) and all(np.isfinite(r[k]) for k in diagnostics.NAMES)
+               for r in diag_rows)
     assert results['student_top1_final'] == evals[6]
     assert results['student_top1_best'] == max(evals.values())
     # The final student of the checkpoint scores the final accuracy.

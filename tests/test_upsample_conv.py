@@ -29,7 +29,9 @@ def apply_layer(method, params, x):
 
 @pytest.mark.parametrize('shape', [(3, 5, 6, 7, 5), (2, 4, 4, 8, 6), (4, 3, 7, 1, 3)],
                          ids=['odd-channels', 'even-channels', 'one-input-channel'])
-@pytest.mark.parametrize('jit', [False, True], ids=['eager', 'jit'])
+@pytest.mark.parametrize('jit', [
+    pytest.param(False, marks=pytest.mark.full(reason='the same function un-jitted (~11 s)')),
+    True], ids=['eager', 'jit'])
 def test_parity_equals_plain_values_and_gradients(shape, jit):
   n, h, w, ci, co = shape
   rng = np.random.default_rng(sum(shape))
@@ -92,6 +94,7 @@ def test_parity_kernels_sum_the_taps():
   np.testing.assert_allclose(p[1, 0, 0, 0], k[:2, 0].sum(0), rtol=1e-6)  # rows 0+1, col 0
 
 
+@pytest.mark.full(reason='two generators traced and differentiated un-jitted (~20 s); the layer itself is checked jitted')
 @pytest.mark.parametrize('kind,image_size', [('gdfq', 16), ('conditional_bn', 16)])
 def test_generator_same_output_for_both_settings(kind, image_size):
   num_classes, latent = 5, 12
