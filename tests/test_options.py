@@ -258,8 +258,9 @@ def _stem_activation(probe=None, seen=None):
   return nn.intercept_methods(interceptor)
 
 
-@pytest.mark.parametrize('clipped', [pytest.param(False, marks=pytest.mark.full(
-    reason='the plain STE compiled again (~15 s); the clipped one has the mask to check')), True])
+@pytest.mark.full(reason='a student forward and its gradient compiled per setting (~10 s each); '
+                  'the quick tier checks the clipped STE numerics in tests/test_quant.py')
+@pytest.mark.parametrize('clipped', [False, True])
 def test_clipped_ste_zeroes_gradients_outside_the_range(clipped):
   """quant.clipped_ste: the activation quantizer passes no gradient where the ReLU output lies
   outside the calibrated [lo, hi] (here: images twice as large as the calibration batch);
