@@ -41,8 +41,9 @@ CHECKPOINTS = {'resnet20': 'resnet20-12fca82f.th', 'resnet56': 'resnet56-4bfd976
 class Experiment:
   def __init__(self, args):
     self.args = args
-    self.data = os.path.abspath(args.data)
-    self.root = os.path.abspath(args.workdir)
+    # as given (relative to the repository, where every stage runs): recorded commands paste
+    self.data = args.data
+    self.root = args.workdir
     self.commands = []  # (stage, shell-quoted command)
     self.env = dict(os.environ, PYTHONPATH=REPO)
     if args.compile_cache:
@@ -131,8 +132,8 @@ def per_seed(values):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--data', default=os.path.join(REPO, '..', 'shared', 'data'))
-  parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'cifar10'))
+  parser.add_argument('--data', default='../shared/data', help='relative to the repository')
+  parser.add_argument('--workdir', default='runs/cifar10', help='relative to the repository')
   parser.add_argument('--steps', type=int, default=1200, help='iterations of the cpuN schedule')
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--stages', default='teacher,ptq,train,ptq_generator,export',
@@ -194,7 +195,8 @@ def write_report(raw):
            '- Evaluation: all 10,000 CIFAR-10 test images (`cifar10_test.npz`, official order); '
            'one image = 0.01 points. final = after the last iteration, best = best of the '
            'evaluations after warm-up (every quarter of the run and the final one).',
-           f'- Schedule (`cpu{steps}`): batch 64, {steps} iterations, warm-up (student frozen, '
+           f'- Schedule (`scaled{steps}`, named `cpu{steps}` when this table was made, at commit '
+           '0304feb; the commands below keep that name): batch 64, {steps} iterations, warm-up (student frozen, '
            f'activation ranges calibrating) {max(50, steps // 40)} iterations, both learning rates '
            f'×0.1 at {steps // 4}, {steps // 2}, {3 * steps // 4}. The paper: batch 200, 80,000 '
            f'iterations, i.e. {80000 * 200 / (steps * 64):.0f}× more images. All other '
