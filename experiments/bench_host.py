@@ -8,9 +8,9 @@ for 2 warm-up iterations and `--steps` fine-tuning iterations, with one log, one
 one checkpoint at the end, and records:
   * XLA compilations, by phase (`jax.monitoring` backend-compile events): the steady state
     must compile nothing;
-  * implicit host-to-device transfers: the whole run under `jax.transfer_guard('disallow')`
-    (an implicit transfer raises; the loop's own transfers are explicit: the replicated state,
-    evaluation batches, metrics fetched at log steps);
+  * implicit host-to-device transfers of the steps: every step call under
+    `jax.transfer_guard('disallow')` (an implicit transfer raises; the loop's own transfers are
+    explicit: the replicated state once, evaluation batches, metrics fetched at log steps);
   * per fine-tuning iteration: the time the jitted step call takes to return (host dispatch:
     flattening the state, enqueueing) against the wall time per iteration;
   * the loop's own Python time between the step calls (total − step calls − evaluation,
@@ -52,7 +52,7 @@ def main(argv=None):
   config.train.steps = warmup + args.steps
   config.train.log_every = config.train.eval_every = config.train.checkpoint_every = config.train.steps
 
-  compiles, phase = {}, ['start']
+  compiles, phase = {}, ['start: teacher, warm-up steps, first evaluation']
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, secs, **kw: compiles.__setitem__(phase[0], compiles.get(phase[0], 0) + 1)
       if 'backend_compile' in name else None)
@@ -65,17 +65,21 @@ def main(argv=None):
     last = [None]
 
     def call(*sa, **skw):
-      if skw['update_student']:
-        phase[0] = 'fine-tuning steps'
+      if skw['update_student']:  # the first fine-tuning call compiles its program
+        phase[0] = ('first fine-tuning step' if len(timed['step_calls']) == warmup
+                    else 'later fine-tuning steps')
       start = time.perf_counter()
       if skw['update_student'] and len(timed['step_calls']) == warmup + 1:
         timed['steady_start'] = start
       if last[0] is not None and skw['update_student']:
         timed['gaps'].append(start - last[0][1])  # the loop's Python since the last call returned
         timed['step_wall'].append(start - last[0][0])
-      out = step(*sa, **skw)
+      with jax.transfer_guard('disallow'):  # an implicit transfer of an argument would raise
+        out = step(*sa, **skw)
       timed['step_calls'].append(time.perf_counter() - start)
       last[0] = (start, time.perf_counter())
+      if len(timed['step_calls']) == warmup + args.steps:
+        phase[0] = 'end of run: log, evaluation, samples, checkpoint'
       return out
     return call
 
@@ -105,8 +109,7 @@ def main(argv=None):
   distributed.to_host = to_host
   workdir = tempfile.mkdtemp(prefix='bench_host_')
   start = time.perf_counter()
-  with jax.transfer_guard('disallow'):
-    loop.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   total = time.perf_counter() - start
   fine = timed['step_calls'][warmup:]
   wall = timed['step_wall'][1:]  # steady state (the first fine-tuning call compiled)
@@ -115,7 +118,7 @@ def main(argv=None):
       'device': f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
       'fine_tuning_steps': args.steps,
       'compilations_by_phase': compiles,
-      'implicit_transfers': 0,  # transfer_guard('disallow') would have raised
+      'implicit_transfers_per_step': 0,  # transfer_guard('disallow') would have raised
       'dispatch_ms_per_step_median': round(1e3 * float(np.median(fine[1:])), 3),
       # host time between step calls: the loop runs ahead of the device (asynchronous
       # dispatch) until the metrics are fetched at the log step
