@@ -252,7 +252,8 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   `deadline` (a `time.time()` value) or `max_iterations` (iterations in this call): stop early,
   with a checkpoint, and return {'stopped_at': step, 'steps', 'students': {tag: {'': top-1,
   subset: …}}, 'wall_s'} instead (the same call resumes). The deadline stop is taken when the
-  next iterations, a save and an evaluation (as long as the last ones took) would no longer fit."""
+  next iterations, a save and an evaluation (as long as the last ones took) would no longer fit;
+  with several processes, process 0's clock decides (a broadcast per iteration)."""
   workdir = os.path.abspath(workdir)
   refuse_other_run(config, workdir)
   start_time = time.time()
@@ -318,6 +319,8 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
     stopped = done < tc.steps and (
         (deadline is not None and time.time() + 2 * per_step + took['save'] + took['eval'] > deadline)
         or (max_iterations is not None and done - first >= max_iterations))
+    if deadline is not None:  # every process takes process 0's decision (clocks differ)
+      stopped = bool(distributed.broadcast(np.bool_(stopped)))
     log_now = done % tc.log_every == 0 or done == tc.steps
     save_now = done % tc.checkpoint_every == 0 or done == tc.steps or stopped
     if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
