@@ -120,8 +120,8 @@ def run(cmd, env):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--data', default='../shared/data')
-  parser.add_argument('--gdfq', required=True, help='workdir of a GDFQ run of the akamaster ResNet-20')
-  parser.add_argument('--ris', required=True, help='workdir of a RIS run of the same teacher')
+  parser.add_argument('--gdfq', help='workdir of a GDFQ run of the akamaster ResNet-20')
+  parser.add_argument('--ris', help='workdir of a RIS run of the same teacher')
   parser.add_argument('--num', type=int, default=1024, help='calibration images per source')
   parser.add_argument('--methods', default='MinMax,Entropy,Percentile')
   parser.add_argument('--workdir', default='runs/int8_runtime')
@@ -132,6 +132,8 @@ def main():
   if args.tables_only:
     write_table(*tables.load_raw(RAW))
     return
+  if not (args.gdfq and args.ris):
+    parser.error('--gdfq and --ris (the workdirs of the two generators) are required')
   os.makedirs(args.workdir, exist_ok=True)
   env = dict(os.environ, PYTHONPATH=REPO)
   model, normalization = teacher(args.data)
