@@ -118,9 +118,9 @@ def ait_student(config):
   return c
 
 
-def write_summary(results: dict, workdir: str) -> None:
+def write_summary(results: dict, workdir: str, student_method: str = 'gdfq') -> None:
   """workdir/summary.{json,md}: teacher, calibrated, GDFQ and RIS top-1 side by side (one table
-  per student bit-width)."""
+  per student bit-width); the heading names the student step (`config.student.method`)."""
   ris, gdfq = results['ris'], results['gdfq']
   lines = []
   for tag, r in ris['students'].items():
@@ -129,7 +129,8 @@ def write_summary(results: dict, workdir: str) -> None:
             ('calibrated (before fine-tuning)', r['student_top1_initial'], r['student_top1_initial']),
             ('GDFQ (CE + BNS)', g['student_top1_final'], g['student_top1_best']),
             ('RIS', r['student_top1_final'], r['student_top1_best'])]
-    lines += [f"W{r['w_bits']}A{r['a_bits']}, {ris['steps']} iterations, batch {ris['batch_size']}",
+    lines += [f"W{r['w_bits']}A{r['a_bits']}, {ris['steps']} iterations, batch {ris['batch_size']}"
+              + (f', student step {student_method.upper()}' if student_method != 'gdfq' else ''),
               '', '| method | top-1 final | top-1 best |', '|---|---|---|']
     lines += [f'| {name} | {final:.2f} | {best:.2f} |' for name, final, best in rows] + ['']
   lines += [f"wall time: RIS {ris['wall_s']:.0f} s, GDFQ {gdfq['wall_s']:.0f} s"]

@@ -65,7 +65,7 @@ def run(config, workdir: str) -> dict:
   if not config.run_baseline:
     return loop.train_and_evaluate(config, workdir)
   results = {name: loop.train_and_evaluate(*args) for name, args in runs.items()}
-  config_lib.write_summary(results, workdir)
+  config_lib.write_summary(results, workdir, config.student.method)
   return results
 
 
