@@ -105,8 +105,10 @@ def test_one_vs_eight_devices(device_runs):
     student = k.startswith('metric/s_')
     np.testing.assert_allclose(eight[k], one[k], rtol=2e-2 if student else 1e-4, atol=1e-6,
                                err_msg=k)
-    track('student losses' if student else 'generator losses',
-          np.max(np.abs(eight[k] - one[k]) / np.abs(one[k])))
+    nonzero = one[k] != 0  # a term switched off logs 0 on both sides (its atol is checked above)
+    if nonzero.any():
+      track('student losses' if student else 'generator losses',
+            np.max(np.abs(eight[k] - one[k])[nonzero] / np.abs(one[k][nonzero])))
 
   for i in range(1, STEPS + 1):
     cur, prev = f'state{i}', f'state{i - 1}'
