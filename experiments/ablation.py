@@ -148,17 +148,9 @@ def plot(rows, bits_list, order):
 
 
 def samples_side_by_side(out, bits, seed):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  paths = [os.path.join(out, bits, v, f'seed{seed}', 'samples.png') for v in ('gdfq', 'full')]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 8))
-  for ax, path, title in zip(axes, paths, ('GDFQ (CE+BNS)', 'full RIS')):
-    ax.imshow(plt.imread(path))
-    ax.set_title(f'{title}, {bits.upper()}')
-    ax.axis('off')
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, 'samples_gdfq_vs_ris.png'), dpi=90)
+  tables.sample_grids('samples_gdfq_vs_ris.png', [
+      (os.path.join(out, bits, v, f'seed{seed}', 'samples.png'), f'{title}, {bits.upper()}')
+      for v, title in (('gdfq', 'GDFQ (CE+BNS)'), ('full', 'full RIS'))])
 
 
 def main():

@@ -143,17 +143,10 @@ def plot(rows, bits, order):
 
 
 def samples_side_by_side(out, bits, seed):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
   names = (('gdfq', 'GDFQ (CE+BNS)'), ('both', '+both (robustness)'), ('full', 'full RIS'))
-  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 8))
-  for ax, (v, title) in zip(axes, names):
-    ax.imshow(plt.imread(os.path.join(out, bits, v, f'seed{seed}', 'samples.png')))
-    ax.set_title(f'{title}, {bits.upper()}, seed {seed}')
-    ax.axis('off')
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, 'samples_fashion_gdfq_vs_ris.png'), dpi=80)
+  tables.sample_grids('samples_fashion_gdfq_vs_ris.png', [
+      (os.path.join(out, bits, v, f'seed{seed}', 'samples.png'), f'{title}, {bits.upper()}, seed {seed}')
+      for v, title in names], dpi=80)
 
 
 def main():

@@ -31,6 +31,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tables  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'experiments', 'results')
 PTQ_BITS = ('w8a8', 'w4a8', 'w4a4', 'w3a3')
@@ -286,16 +289,9 @@ def plot(raw):
 
 
 def samples(raw):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 8))
-  for ax, m, title in zip(axes, ('gdfq', 'ris'), ('GDFQ (CE+BNS)', 'full RIS')):
-    ax.imshow(plt.imread(raw['samples'][m]))  # the run's own grid (teacher's de-normalization)
-    ax.set_title(f'{title}, seed {raw["seeds"][0]}, after {raw["steps"]} iterations')
-    ax.axis('off')
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, 'samples_cifar10_gdfq_vs_ris.png'), dpi=90)
+  tables.sample_grids('samples_cifar10_gdfq_vs_ris.png', [
+      (raw['samples'][m], f'{title}, seed {raw["seeds"][0]}, after {raw["steps"]} iterations')
+      for m, title in (('gdfq', 'GDFQ (CE+BNS)'), ('ris', 'full RIS'))])
 
 
 if __name__ == '__main__':

@@ -151,9 +151,9 @@ def run_all(args, todo):
 def record(args, schedule, variant, seed):
   """Adds one finished run to the raw file, rewrites the tables, commits with --commit."""
   try:
-    command, rows = tables.load_raw(RAW)
+    _, rows = tables.load_raw(RAW)
   except FileNotFoundError:
-    command, rows = None, {}
+    rows = {}
   row = read_run(workdir_of(args.workdir, schedule, variant, seed))
   row.update(schedule=schedule, variant=variant, seed=seed, command=shlex.join(
       ['python'] + argv_of(args.data, args.workdir, schedule, variant, seed)))
@@ -163,6 +163,7 @@ def record(args, schedule, variant, seed):
   rows[key] = row
   tables.save_raw(RAW, tables.command('cifar10_ablation.py'), rows)
   write_tables(rows, args.chosen)
+  write_sample_grids(args.workdir, rows, args.chosen)
   if args.commit:
     paths = [os.path.join('experiments', 'results', f) for f in os.listdir(tables.RESULTS)
              if f.startswith(('cifar10_ablation', 'cifar10_schedule', 'cifar10_ait',
@@ -188,6 +189,20 @@ def last(row, metric):
 def group(rows, schedule, variant):
   return sorted((r for r in rows.values() if r['schedule'] == schedule and r['variant'] == variant),
                 key=lambda r: r['seed'])
+
+
+def write_sample_grids(root, rows, chosen):
+  """samples_cifar10_ablation.png: the last `samples.png` of the GDFQ and the full-RIS generator
+  of the lowest seed that has both on the chosen schedule (the runs' workdirs are needed, so
+  --tables-only leaves it as it is)."""
+  seeds = sorted({r['seed'] for r in group(rows, chosen, 'gdfq')} & {r['seed'] for r in group(rows, chosen, 'ris')})
+  if not seeds:
+    return
+  steps = int(chosen.split(',')[0][len('cpu'):]) if chosen.startswith('cpu') else None
+  tables.sample_grids('samples_cifar10_ablation.png', [
+      (os.path.join(workdir_of(root, chosen, v, seeds[0]), 'samples.png'),
+       f'{VARIANTS[v][0]}, seed {seeds[0]}' + (f', after {steps} iterations' if steps else ''))
+      for v in ('gdfq', 'ris')])
 
 
 def write_tables(rows, chosen):

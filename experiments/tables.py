@@ -58,3 +58,20 @@ def write(name: str, lines: Sequence[str]) -> None:
   with open(os.path.join(RESULTS, name), 'w') as f:
     f.write('\n'.join(lines).rstrip('\n') + '\n')
   print('\n'.join(lines), flush=True)
+
+
+def sample_grids(name: str, panels: Sequence[tuple], width: float = 5.5, dpi: int = 90) -> None:
+  """experiments/results/<name>: the runs' own `samples.png` grids (a labelled row of generator
+  images per class, in the teacher's de-normalization) side by side, one panel per
+  (path, title)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 8), squeeze=False)
+  for ax, (path, title) in zip(axes[0], panels):
+    ax.imshow(plt.imread(path))
+    ax.set_title(title)
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(os.path.join(RESULTS, name), dpi=dpi)
+  plt.close(fig)
