@@ -234,6 +234,14 @@ def write_schedule_table(rows, schedules):
         lines.append(f"| `{s}` | {VARIANTS[v][0]} | {r['seed']} | {_fmt(final(r, 'w3a3', 'val'))} | "
                      f"{_fmt(best('w3a3'))} | {_fmt(final(r, 'w4a4', 'val'))} | {_fmt(best('w4a4'))} "
                      f'| {agreement} |')
+  means = {s: np.mean([final(r, b, 'val') for v in ('gdfq', 'ris') for r in group(rows, s, v)
+                       if r['seed'] == 0 for b in BITS]) for s in schedules}
+  lines += ['', 'Rule: the schedule with the highest mean of the validation-half final top-1 over '
+            'GDFQ and full RIS, W3A3 and W4A4, seed 0: ' + ', '.join(
+                f'`{s}` {m:.2f}' for s, m in sorted(means.items(), key=lambda x: -x[1])) +
+            '. The generator does not depend on W (its loss never involves the student: the '
+            'teacher-agreement curves of a method are the same for every W), so W acts on the '
+            'student alone: how long it waits, frozen, for class-discriminative images.']
   tables.write('cifar10_schedule.md', lines)
 
 
@@ -244,10 +252,16 @@ def write_ablation_table(rows, schedule):
     return
   steps = runs[0]['results']['steps']
   teacher = runs[0]['results']
+  seeds = ','.join(str(x) for x in sorted({r['seed'] for r in runs}))
+  runs_command = shlex.join(['python', 'experiments/cifar10_ablation.py', '--data', '../shared/data',
+                             '--schedule', schedule, '--variants', ','.join(variants), '--seeds',
+                             seeds, '--workdir', 'runs/cifar10_ablation', '--jobs', '2'])
   lines = ['# CIFAR-10 ablation of the RIS terms (akamaster ResNet-20, real test set)', '',
-           f"Command: `{tables.command('cifar10_ablation.py', ['--tables-only'])}` regenerates this "
-           f'file from `{RAW}.raw.json`, which holds every run\'s results, curves and exact command '
-           f'(made by `python experiments/cifar10_ablation.py --schedule {schedule} ...`).', '',
+           f'Made by `{runs_command}` (resumable; each run\'s own command is listed at the end), '
+           f"regenerated from `{RAW}.raw.json` by `{tables.command('cifar10_ablation.py', ['--tables-only'])}`. "
+           'Curves: `cifar10_ablation.png`; the GDFQ and full-RIS generators\' images at the end: '
+           '`samples_cifar10_ablation.png`.', '',
+           '![curves](cifar10_ablation.png)', '', '![samples](samples_cifar10_ablation.png)', '',
            f'- Schedule `{schedule}` (configs/cifar10_akamaster.py): batch 64, {steps} iterations; '
            'chosen on the validation half (cifar10_schedule.md).',
            f"- Teacher {teacher['teacher_top1']:.2f} % (validation half "
@@ -278,6 +292,9 @@ def write_ablation_table(rows, schedule):
     lines.append(f'| {VARIANTS[v][0]} | ' + ' | '.join(
         _fmt(np.mean([last(r, d) for r in rs]), 3) for d in DIAGNOSTICS) + ' |')
   lines += ['', '## Wall time', '',
+            'On the 2-core CPU, two runs at a time (one per core) and at times the test suite '
+            'beside them: upper bounds. Overall = iterations / wall time, evaluations and '
+            'compilation included; training = median of the logged rates.', '',
             '| variant | seed | wall (min) | iterations/s overall | iterations/s training (median) |',
             '|---|---|---|---|---|']
   for r in runs:
@@ -288,6 +305,7 @@ def write_ablation_table(rows, schedule):
   if os.path.isfile(reading):
     with open(reading) as f:
       lines += ['', f.read()]
+  lines += ['', '## Runs', ''] + [f"- `{r['command']}`" for r in runs]
   tables.write('cifar10_ablation.md', lines)
   plot_curves(rows, schedule, variants, 'cifar10_ablation.png')
 
