@@ -32,13 +32,11 @@ class TrainingDiverged(UserError):
 # Fields that may differ between a run and its resumption (and between its processes).
 _RESUMABLE_FIELDS = ('overwrite', 'train.progress', 'run_baseline', 'distributed')
 _LAUNCH_SECTION = 'cluster.'  # how the processes find each other
+# The diagnostics only add fields to metrics.jsonl rows (their own probe, their own seed): a run
+# resumes with them switched on or off or changed, and a run recorded before they existed too.
+_DIAGNOSTICS_SECTION = 'diagnostics.'
 # Fields added after runs were recorded: the value a config.json without them ran with.
 _ADDED_FIELDS = {'quant.bits': '', 'generator.upsample_conv': 'plain', 'data.subsets': '',
-                 # the diagnostics only add rows to metrics.jsonl: a run without them resumes
-                 'diagnostics.enabled': False, 'diagnostics.probe_size': 100,
-                 'diagnostics.seed': 0, 'diagnostics.weight_eps': 0.05,
-                 'diagnostics.noise_std': 0.1,
-                 'diagnostics.input_kinds': ['crop', 'flip', 'translate', 'noise'],
                  'student.method': 'gdfq', 'student.gi_threshold': 1e-3,
                  'student.gi_cap_updates': 200, 'student.gi_search_iters': 5,
                  'student.gi_max_doublings': 60}
@@ -57,7 +55,8 @@ def _flat(config) -> Dict[str, Any]:
   walk(json.loads(config.to_json()), '')
   # The sections of the other modes do not make a run another config (nor do they exist in
   # config.json files written before those sections were added).
-  unused = tuple(f'{m}.' for m in _MODE_SECTIONS if m != out.get('mode')) + (_LAUNCH_SECTION,)
+  unused = (tuple(f'{m}.' for m in _MODE_SECTIONS if m != out.get('mode'))
+            + (_LAUNCH_SECTION, _DIAGNOSTICS_SECTION))
   return {k: v for k, v in out.items() if k not in _RESUMABLE_FIELDS and not k.startswith(unused)}
 
 

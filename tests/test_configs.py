@@ -5,6 +5,7 @@ import functools
 import glob
 import importlib
 import inspect
+import json
 import os
 import re
 
@@ -199,3 +200,27 @@ def test_config_builds_its_models_and_a_step(name, arg):
   assert metrics['g_loss'].shape == metrics['s_loss'].shape == ()
   assert ('g_rob' in metrics) == bool(config.loss.robust_weight)
   assert ('gi_alpha_mean' in metrics) == (config.student.method == 'ait')
+
+
+def test_a_run_recorded_before_fields_were_added_resumes(tmp_path):
+  """loop.refuse_other_run: a config.json written before the diagnostics section, the AIT
+  fields and the other later fields existed (each recorded with the value the run had) is the
+  same run as today's config, whatever the diagnostics' settings; a changed field still makes
+  it another run."""
+  from ris_jax import loop
+  config = load('demo')
+  old = json.loads(config.to_json())
+  del old['diagnostics']
+  for key in ('method', 'gi_threshold', 'gi_cap_updates', 'gi_search_iters', 'gi_max_doublings'):
+    del old['student'][key]
+  del old['data']['subsets']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  loop.refuse_other_run(config, str(tmp_path))  # resumes: no error
+  with config.unlocked():
+    config.diagnostics.enabled = False
+    config.diagnostics.probe_size = 20
+  loop.refuse_other_run(config, str(tmp_path))
+  with config.unlocked():
+    config.seed = 1
+  with pytest.raises(UserError, match=r'holds a run of another config \(seed: 0 → 1\)'):
+    loop.refuse_other_run(config, str(tmp_path))
