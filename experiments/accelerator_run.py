@@ -128,8 +128,8 @@ def main(argv=None):
       if method in finished or time.time() >= end - 30:
         continue
       config = config_of(args, method)
-      if method == 'gdfq':
-        config = config_lib.gdfq_baseline(config)
+      config_lib.validate(config)
+      config = config_lib.resolved(config)  # as main.run: the GDFQ baseline, AIT's student loss
       workdir = os.path.join(args.workdir, method)
       chunk_start = time.time()
       first = _step_of(workdir)

@@ -29,7 +29,8 @@ def validate(config) -> None:
       raise UserError("config.student.method='ait' is Nesterov SGD; set --config.student.nesterov=True")
     for name in ('gi_threshold', 'gi_cap_updates', 'gi_search_iters', 'gi_max_doublings'):
       if config.student[name] < (0 if name == 'gi_cap_updates' else 1e-12):
-        raise UserError(f'config.student.{name}={config.student[name]} must be positive')
+        raise UserError(f'config.student.{name}={config.student[name]} must be '
+                        + ('at least 0' if name == 'gi_cap_updates' else 'positive'))
   for name in ('w_bits', 'a_bits', 'first_last_bits'):
     bits = config.quant[name]
     if bits is not None and not 2 <= bits <= 8:
@@ -90,9 +91,6 @@ def validate(config) -> None:
       raise UserError(f"config.dfkd.student_arch '{s.name}' takes {s.input_shape} images and "
                       f"{s.num_classes} classes, the teacher '{t.name}' {t.input_shape} and "
                       f"{t.num_classes}; pick a student of the teacher's input and classes")
-  if config.mode == 'ptq':
-    from ris_jax import ptq
-    ptq.check_source(config)
 
 
 def gdfq_baseline(config):
@@ -105,6 +103,18 @@ def gdfq_baseline(config):
     c.run_baseline = False
     c.method = 'gdfq'
   return c
+
+
+def resolved(config):
+  """The config a run of a training mode trains with: `method='gdfq'` switches every RIS term
+  off (`gdfq_baseline`), `student.method='ait'` sets AIT's student loss (`ait_student`).
+  Other modes: `config` itself."""
+  if config.mode in TRAINING_MODES:
+    if config.method == 'gdfq':
+      config = gdfq_baseline(config)
+    if config.student.method == 'ait':
+      config = ait_student(config)
+  return config
 
 
 def ait_student(config):

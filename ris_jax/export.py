@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, Dict, Mapping, Tuple
 
 import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ris_jax import convert, layers, quant
+from ris_jax import convert, quant, student
 from ris_jax.errors import UserError, cli_entry, exit_with_error
 from ris_jax.models import ArchSpec
 
@@ -73,27 +70,6 @@ def fake_quant_np(x, lo, hi, bits: int) -> np.ndarray:
   return ((q + zero_point) / scale).astype(np.float32)
 
 
-def _quantizers(spec: ArchSpec, qspec, variables):
-  """The student's quantizers, found by tracing its forward pass (no compute):
-  ({conv/dense module path: kernel quantizer}, {activation module path: Activation})."""
-  module = spec.module(qspec.ops())
-  kernels, acts = {}, {}
-
-  def interceptor(next_fun, args, kwargs, context):
-    m = context.module
-    if context.method_name == '__call__':
-      if isinstance(m, (layers.Conv, layers.Dense)) and m.kernel_quantizer is not None:
-        kernels[tuple(m.path)] = m.kernel_quantizer
-      elif isinstance(m, layers.Activation):
-        acts[tuple(m.path)] = m
-    return next_fun(*args, **kwargs)
-
-  x = jax.ShapeDtypeStruct((1,) + spec.input_shape, jnp.float32)
-  with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda v, x: module.apply(v, x), dict(variables), x)
-  return kernels, acts
-
-
 def _get(tree, path):
   for name in path:
     if name not in tree:
@@ -119,7 +95,7 @@ def _activation_name(spec: ArchSpec, path: Tuple[str, ...]) -> str:
 def quantized_student(spec: ArchSpec, qspec, variables: Mapping[str, Any]):
   """(state dict with weights on their grid, quantization entry) of a student."""
   import torch
-  kernels, acts = _quantizers(spec, qspec, variables)
+  kernels, acts = student.quantizers(spec.module(qspec.ops()), spec.input_shape)
   params = jax.tree.map(np.asarray, flax.core.unfreeze(variables['params']))
   q_weights = {}
   for path, quantizer in sorted(kernels.items()):

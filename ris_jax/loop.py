@@ -303,6 +303,11 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   pending = []  # (step, metrics on device) since the last finiteness check
   took = {'save': 0.0, 'eval': 0.0}  # seconds of the last checkpoint save and evaluation
   loop_start, stopped = time.time(), False
+  # The deadline is checked every step in one process; with several, only at log steps: each
+  # check is then a collective, which would make every step wait for the slowest process.
+  multiprocess = jax.process_count() > 1
+  evaluated = (None, None)  # (step, top-1) of the latest evaluation
+  check_every = tc.log_every if multiprocess else 1
   for step in bar:
     state, metrics = step_fn(state, t_vars, margins, update_student=step >= tc.warmup_steps,
                              calibrate=step < tc.calibration_steps)
@@ -310,17 +315,20 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
     pending.append((done, metrics))
     if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
       top1 = accuracies()
+      evaluated = (done, top1)
       for tag in tags:
         meta['students'][tag].update(
             {_subset_key('student_top1_initial', sub): v for sub, v in top1[tag].items()})
       writer.write(done, **top1_row('student_top1_initial', top1))
-    per_step = (time.time() - loop_start) / (done - first)
-    stopped = done < tc.steps and (
-        (deadline is not None and time.time() + 2 * per_step + took['save'] + took['eval'] > deadline)
-        or (max_iterations is not None and done - first >= max_iterations))
-    if deadline is not None:  # every process takes process 0's decision (clocks differ)
-      stopped = bool(distributed.broadcast(np.bool_(stopped)))
     log_now = done % tc.log_every == 0 or done == tc.steps
+    stopped = done < tc.steps and max_iterations is not None and done - first >= max_iterations
+    if deadline is not None and done < tc.steps and done % check_every == 0:
+      # Stop if the next check would come after the deadline (with a save and an evaluation).
+      per_step = (time.time() - loop_start) / (done - first)
+      late = time.time() + (check_every + 1) * per_step + took['save'] + took['eval'] > deadline
+      if multiprocess:  # every process takes process 0's decision (their clocks differ)
+        late = bool(distributed.broadcast(np.bool_(late)))
+      stopped = stopped or late
     save_now = done % tc.checkpoint_every == 0 or done == tc.steps or stopped
     if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
       bad_step, bad_metrics = _first_non_finite(pending)
@@ -346,6 +354,7 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
     if done % tc.eval_every == 0 or done == tc.steps:
       eval_start = time.time()
       top1 = accuracies()
+      evaluated = (done, top1)
       for tag in tags:
         if done > tc.warmup_steps:
           entry = meta['students'][tag]
@@ -369,7 +378,8 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   manager.wait_until_finished()
   if stopped:
     bar.close()
-    return {'stopped_at': done, 'steps': tc.steps, 'students': accuracies(),
+    return {'stopped_at': done, 'steps': tc.steps,
+            'students': evaluated[1] if evaluated[0] == done else accuracies(),
             'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
   final = accuracies()
   bits = dict(zip(tags, train.bit_widths(config)))

@@ -31,11 +31,11 @@ def run(config, workdir: str) -> dict:
   from ris_jax import distributed
   distributed.initialize(config)  # before anything starts a jax backend (validate counts devices)
   config_lib.validate(config)
+  if config.mode == 'ptq':  # its calibration source, also before any compute
+    from ris_jax import ptq
+    ptq.check_source(config)
+  config = config_lib.resolved(config)
   if config.mode in config_lib.TRAINING_MODES:
-    if config.method == 'gdfq':
-      config = config_lib.gdfq_baseline(config)
-    if config.student.method == 'ait':
-      config = config_lib.ait_student(config)
     if not config.run_baseline:
       runs = {None: (config, workdir)}
     else:

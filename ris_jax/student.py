@@ -46,23 +46,34 @@ def make_student(spec: ArchSpec, teacher_variables: Mapping[str, Any], qspec: Qu
   return module, variables
 
 
-def kernel_bits_tree(module, params, input_shape):
-  """A tree like `params` holding each quantized conv / dense kernel's bit-width (its
-  `kernel_quantizer.bits`: `w_bits`, or `first_last_bits` on the stem and head) and None on
-  every other leaf; read off the module by intercepting its layers once (no compilation)."""
-  found = {}
+def quantizers(module, input_shape):
+  """The quantizers of a student module, found by intercepting its layers while tracing its
+  initialization once (no compute, no compilation): ({conv / dense module path: its
+  `kernel_quantizer`}, {activation module path: its `layers.Activation`})."""
+  kernels, activations = {}, {}
 
   def record(next_fun, args, kwargs, context):
     m = context.module
-    if (context.method_name == '__call__' and isinstance(m, (layers.Conv, layers.Dense))
-        and m.kernel_quantizer is not None):
-      found[tuple(m.path) + ('kernel',)] = m.kernel_quantizer.bits
+    if context.method_name == '__call__':
+      if isinstance(m, (layers.Conv, layers.Dense)) and m.kernel_quantizer is not None:
+        kernels[tuple(m.path)] = m.kernel_quantizer
+      elif isinstance(m, layers.Activation):
+        activations[tuple(m.path)] = m
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
     jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+  return kernels, activations
+
+
+def kernel_bits_tree(module, params, input_shape):
+  """A tree like `params` holding each quantized conv / dense kernel's bit-width (its
+  `kernel_quantizer.bits`: `w_bits`, or `first_last_bits` on the stem and head) and None on
+  every other leaf."""
+  kernels, _ = quantizers(module, input_shape)
+  bits = {path + ('kernel',): q.bits for path, q in kernels.items()}
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: found.get(tuple(k.key for k in path)), params)
+      lambda path, _: bits.get(tuple(k.key for k in path)), params)
 
 
 def calibrate_step(module, variables, images):

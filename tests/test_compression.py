@@ -118,10 +118,10 @@ def test_bad_ptq_source_is_refused_before_compute(tmp_path):
   config = ptq_digits.get_config('w4a8')
   config.ptq.source = f'generator:{tmp_path}/nothing'
   with pytest.raises(UserError, match='holds no ris_jax run'):
-    config_lib.validate(config)
+    ptq.check_source(config)  # main.run calls it right after config_lib.validate
   config.ptq.source = 'imagenet'
   with pytest.raises(UserError, match='not one of noise, real'):
-    config_lib.validate(config)
+    ptq.check_source(config)
 
 
 # ----------------------------------------------------------------------------- DFKD
