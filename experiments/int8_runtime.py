@@ -48,12 +48,12 @@ PTQ_BITS = ('w8a8', 'w6a6', 'w4a4')
 def teacher(data_dir):
   """The akamaster ResNet-20 in PyTorch (eval mode) and its input normalization."""
   import torch
+  from ris_jax import convert
   from ris_jax.models import get_arch
   spec = get_arch('resnet20_akamaster')
   model = spec.torch_model().eval()
-  sd = torch.load(os.path.join(data_dir, 'resnet20-12fca82f.th'), map_location='cpu',
-                  weights_only=True)['state_dict']
-  model.load_state_dict({k[len('module.'):]: v for k, v in sd.items()}, strict=True)
+  sd = convert.read_torch_state_dict(os.path.join(data_dir, 'resnet20-12fca82f.th'))
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
   return model, spec.normalization
 
 

@@ -151,3 +151,8 @@ def save_sample_grid(path: str, images: np.ndarray, labels: np.ndarray, normaliz
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def subset_key(metric: str, subset: str) -> str:
+  """'student_top1_final' of the whole split (subset ''), 'student_top1_final_report' of a subset."""
+  return f'{metric}_{subset}' if subset else metric

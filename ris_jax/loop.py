@@ -283,7 +283,7 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
 
   def top1_row(metric: str, top1: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     """{metric[_subset][/tag]: value} of `accuracies()` for metrics.jsonl."""
-    return {name(_subset_key(metric, sub), tag): v for tag in tags for sub, v in top1[tag].items()}
+    return {name(evaluation.subset_key(metric, sub), tag): v for tag in tags for sub, v in top1[tag].items()}
 
   if meta is None:
     teacher_top1 = evaluation.split_accuracies(config, spec, t_module, t_vars)
@@ -291,7 +291,7 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
             'teacher_top1_subsets': {k: v for k, v in teacher_top1.items() if k},
             'students': {tag: {'student_top1_initial': None, 'student_top1_best': None}
                          for tag in tags}}
-    writer.write(0, **{_subset_key('teacher_top1', k): v for k, v in teacher_top1.items()},
+    writer.write(0, **{evaluation.subset_key('teacher_top1', k): v for k, v in teacher_top1.items()},
                  **diagnose(state))
   margins = train.replicate(train.noise_margins(
       models, t_vars, tc.batch_size, spec.input_shape, config.loss.margin_fraction,
@@ -318,7 +318,7 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
       evaluated = (done, top1)
       for tag in tags:
         meta['students'][tag].update(
-            {_subset_key('student_top1_initial', sub): v for sub, v in top1[tag].items()})
+            {evaluation.subset_key('student_top1_initial', sub): v for sub, v in top1[tag].items()})
       writer.write(done, **top1_row('student_top1_initial', top1))
     log_now = done % tc.log_every == 0 or done == tc.steps
     stopped = done < tc.steps and max_iterations is not None and done - first >= max_iterations
@@ -359,7 +359,7 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
         if done > tc.warmup_steps:
           entry = meta['students'][tag]
           for sub, v in top1[tag].items():
-            key = _subset_key('student_top1_best', sub)
+            key = evaluation.subset_key('student_top1_best', sub)
             entry[key] = max(entry.get(key) or 0.0, v)
       writer.write(done, **top1_row('student_top1', top1), **diagnose(state))
       if distributed.is_primary():
@@ -389,13 +389,13 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
     w, a = bits.get(tag, (config.quant.w_bits, config.quant.a_bits))
     students[tag] = {'w_bits': w, 'a_bits': a}
     for sub, v in final[tag].items():
-      key = lambda metric: _subset_key(metric, sub)
+      key = lambda metric: evaluation.subset_key(metric, sub)
       # best: the best of the evaluations after warm-up, this final one included
       students[tag].update({key('student_top1_initial'): entry.get(key('student_top1_initial')),
                             key('student_top1_final'): v,
                             key('student_top1_best'): max(entry.get(key('student_top1_best')) or v, v)})
   results = {'teacher_top1': meta['teacher_top1'], 'students': students,
-             **{_subset_key('teacher_top1', k): v
+             **{evaluation.subset_key('teacher_top1', k): v
                 for k, v in meta.get('teacher_top1_subsets', {}).items()},
              'steps': tc.steps, 'batch_size': tc.batch_size, 'devices': mesh.size,
              'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}
@@ -406,11 +406,6 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   if jax.process_index() == 0:
     write_atomic(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
-
-
-def _subset_key(metric: str, subset: str) -> str:
-  """'student_top1_final' of the whole split (subset ''), 'student_top1_final_report' of a subset."""
-  return f'{metric}_{subset}' if subset else metric
 
 
 def _diagnostics(config, models, spec, teacher_vars):

@@ -173,7 +173,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   loop.check_workdir(config, workdir)
   def acc(name: str, m, v) -> Dict[str, float]:
     """{name: top-1 on the split, name_<subset>: on each of config.data.subsets}."""
-    return {name + (f'_{k}' if k else ''): top1
+    return {evaluation.subset_key(name, k): top1
             for k, top1 in evaluation.split_accuracies(config, spec, m, v).items()}
   module, variables = student.make_student(spec, t_vars, train.quant_spec(config))
   batches = [distributed.replicate(b) for b in calibration_images(config, spec)]
