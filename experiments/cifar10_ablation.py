@@ -103,8 +103,9 @@ def read_run(workdir):
           'steps_per_s_median': float(np.median(speeds[2:] or speeds)) if speeds else None}
 
 
-def thread_env(core, jobs):
-  """Environment of a run: one XLA thread pinned to `core` when several runs share the CPU."""
+def thread_env(jobs):
+  """Environment of a run: one XLA thread when several runs share the CPU (each is pinned to
+  its core by `taskset`)."""
   env = dict(os.environ, PYTHONPATH=REPO)
   if jobs > 1:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
@@ -131,7 +132,7 @@ def run_all(args, todo):
         prefix = ['taskset', '-c', str(core)] if args.jobs > 1 else []
         print(f'[{time.strftime("%H:%M:%S")}] start {run_key(*t)} (core {core})', flush=True)
         running[core] = (t, subprocess.Popen(prefix + [sys.executable] + argv, cwd=REPO,
-                                             env=thread_env(core, args.jobs), stdout=log,
+                                             env=thread_env(args.jobs), stdout=log,
                                              stderr=subprocess.STDOUT), time.time(), log)
     time.sleep(5)
     for core, (t, proc, start, log) in list(running.items()):
