@@ -18,11 +18,14 @@ def parse_arg(arg, allowed=('w3a3', 'w4a4', 'w5a5'), extras=('gdfq', 'ait')):
 
 
 def ait(c, threshold: float):
-  """AIT's student step (../shared/docs/ait.md): student lr 1e-4 on every dataset, gradient
-  inflation with flip threshold τ₀ = `threshold` (1e-3 CIFAR, 1e-4 ImageNet), ×0.1 at the
-  learning-rate decays; KL only and no weight decay come with `student.method='ait'` itself
-  (`ris_jax.config.ait_student`, applied to every run)."""
+  """AIT's student step (../shared/docs/ait.md): KL only (CE weight 0, τ = 20, 'mean'
+  reduction), no weight decay, student lr 1e-4 on every dataset, gradient inflation with flip
+  threshold τ₀ = `threshold` (1e-3 CIFAR, 1e-4 ImageNet), ×0.1 at the learning-rate decays.
+  KL only and no weight decay are written here so that the config shows what runs; a run of
+  any config with `--config.student.method=ait` gets them from `ris_jax.config.ait_student`."""
   c.student.method = 'ait'
+  c.loss.student_ce = False
+  c.student.weight_decay = 0.0
   c.student.learning_rate = 1e-4
   c.student.gi_threshold = threshold
   return c
