@@ -303,10 +303,10 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   pending = []  # (step, metrics on device) since the last finiteness check
   took = {'save': 0.0, 'eval': 0.0}  # seconds of the last checkpoint save and evaluation
   loop_start, stopped = time.time(), False
+  evaluated = (None, None)  # (step, top-1) of the latest evaluation
   # The deadline is checked every step in one process; with several, only at log steps: each
   # check is then a collective, which would make every step wait for the slowest process.
   multiprocess = jax.process_count() > 1
-  evaluated = (None, None)  # (step, top-1) of the latest evaluation
   check_every = tc.log_every if multiprocess else 1
   for step in bar:
     state, metrics = step_fn(state, t_vars, margins, update_student=step >= tc.warmup_steps,
