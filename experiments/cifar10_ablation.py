@@ -292,16 +292,7 @@ def write_ablation_table(rows, schedule):
     rs = group(rows, schedule, v)
     lines.append(f'| {VARIANTS[v][0]} | ' + ' | '.join(
         _fmt(np.mean([last(r, d) for r in rs]), 3) for d in DIAGNOSTICS) + ' |')
-  lines += ['', '## Wall time', '',
-            'On the 2-core CPU, two runs at a time (one per core) and at times the test suite '
-            'beside them: upper bounds. Overall = iterations / wall time, evaluations and '
-            'compilation included; training = median of the logged rates.', '',
-            '| variant | seed | wall (min) | iterations/s overall | iterations/s training (median) |',
-            '|---|---|---|---|---|']
-  for r in runs:
-    wall = r['results']['wall_s']
-    lines.append(f"| {VARIANTS[r['variant']][0]} | {r['seed']} | {wall / 60:.1f} | "
-                 f"{r['results']['steps'] / wall:.2f} | {_fmt(r['steps_per_s_median'])} |")
+  lines += wall_time_lines(runs)
   reading = os.path.join(tables.RESULTS, 'cifar10_ablation_reading.md')
   if os.path.isfile(reading):
     with open(reading) as f:
@@ -309,6 +300,21 @@ def write_ablation_table(rows, schedule):
   lines += ['', '## Runs', ''] + [f"- `{r['command']}`" for r in runs]
   tables.write('cifar10_ablation.md', lines)
   plot_curves(rows, schedule, variants, 'cifar10_ablation.png')
+
+
+def wall_time_lines(runs):
+  """The '## Wall time' section: per run, wall minutes and iterations per second."""
+  lines = ['', '## Wall time', '',
+           'On the 2-core CPU, two runs at a time (one per core) and at times the test suite '
+           'beside them: upper bounds. Overall = iterations / wall time, evaluations and '
+           'compilation included; training = median of the logged rates.', '',
+           '| variant | seed | wall (min) | iterations/s overall | iterations/s training (median) |',
+           '|---|---|---|---|---|']
+  for r in runs:
+    wall = r['results']['wall_s']
+    lines.append(f"| {VARIANTS[r['variant']][0]} | {r['seed']} | {wall / 60:.1f} | "
+                 f"{r['results']['steps'] / wall:.2f} | {_fmt(r['steps_per_s_median'])} |")
+  return lines
 
 
 def mean_curve(rs, metric):
@@ -345,24 +351,46 @@ def plot_curves(rows, schedule, variants, name, extra=()):
 
 
 def write_ait_table(rows, schedule):
+  """cifar10_ait.md: GDFQ and full RIS with and without AIT's student step; Δ = paired difference
+  (same seed) to the same generator method without AIT."""
   variants = [v for v in ('gdfq', 'gdfq_ait', 'ris', 'ris_ait') if group(rows, schedule, v)]
+  runs = [r for v in variants for r in group(rows, schedule, v)]
+  seeds = ','.join(str(x) for x in sorted({r['seed'] for r in runs}))
+  runs_command = shlex.join(['python', 'experiments/cifar10_ablation.py', '--data', '../shared/data',
+                             '--schedule', schedule, '--variants', ','.join(variants), '--seeds',
+                             seeds, '--workdir', 'runs/cifar10_ablation', '--jobs', '2'])
   lines = ['# CIFAR-10: GDFQ and RIS with and without the AIT student step', '',
-           f"Command: `{tables.command('cifar10_ablation.py', ['--tables-only'])}` regenerates this "
-           f'file from `{RAW}.raw.json` (each run\'s exact command is in it). Schedule `{schedule}`, '
-           'akamaster ResNet-20; report half = test images 5,000–9,999.', '']
+           f'Made by `{runs_command}` (the same runner and runs as `cifar10_ablation.md`; each '
+           f"run's own command is listed at the end), regenerated from `{RAW}.raw.json` by "
+           f"`{tables.command('cifar10_ablation.py', ['--tables-only'])}`. Schedule `{schedule}`, "
+           'akamaster ResNet-20 (91.73 %), W3A3 and W4A4 students on one generator per run; report '
+           'half = test images 5,000–9,999, all = the 10,000. mean ± std (population) over seeds, '
+           'then each seed\'s value. Δ AIT = paired difference (same seed) to the same generator '
+           'method without AIT. Curves, with AIT\'s mean α and realised flip ratio: `cifar10_ait.png`.',
+           '', '![curves](cifar10_ait.png)', '']
   for bits in BITS:
-    lines += [f'## {bits.upper()}', '', '| method | seeds | report final | report best | all final |',
-              '|---|---|---|---|---|']
+    lines += [f'## {bits.upper()}', '',
+              '| method | seeds | report final | Δ AIT (report) | report best | all final | all best |',
+              '|---|---|---|---|---|---|---|']
     for v in variants:
       rs = group(rows, schedule, v)
+      base = {r['seed']: final(r, bits, 'report') for r in group(rows, schedule, v[:-len('_ait')])} \
+          if v.endswith('_ait') else {}
+      delta = [final(r, bits, 'report') - base[r['seed']] for r in rs if r['seed'] in base]
+      best = lambda r, subset: r['results']['students'][bits].get(
+          'student_top1_best' + (f'_{subset}' if subset else ''))
       lines.append(f"| {VARIANTS[v][0]} | {len(rs)} | {tables.mean_std(final(r, bits, 'report') for r in rs)} | "
-                   f"{tables.mean_std(r['results']['students'][bits].get('student_top1_best_report') for r in rs)} | "
-                   f"{tables.mean_std(final(r, bits, '') for r in rs)} |")
+                   f"{tables.mean_std(delta) if delta else '–'} | "
+                   f"{tables.mean_std(best(r, 'report') for r in rs)} | "
+                   f"{tables.mean_std(final(r, bits, '') for r in rs)} | "
+                   f"{tables.mean_std(best(r, '') for r in rs)} |")
     lines.append('')
+  lines += wall_time_lines(runs)
   reading = os.path.join(tables.RESULTS, 'cifar10_ait_reading.md')
   if os.path.isfile(reading):
     with open(reading) as f:
-      lines += [f.read()]
+      lines += ['', f.read()]
+  lines += ['', '## Runs', ''] + [f"- `{r['command']}`" for r in runs]
   tables.write('cifar10_ait.md', lines)
   extra = [(f'gi_alpha_mean/{b}', f'AIT: mean α, {b.upper()}') for b in BITS]
   extra += [(f'gi_flip_ratio/{b}', f'AIT: flip ratio, {b.upper()}') for b in BITS]
