@@ -192,10 +192,13 @@ def group(rows, schedule, variant):
                 key=lambda r: r['seed'])
 
 
+SAMPLE_VARIANTS = ('gdfq', 'both', 'ris')  # the generators samples_cifar10_ablation.png shows
+
+
 def write_sample_grids(root, rows, chosen):
-  """samples_cifar10_ablation.png: the last `samples.png` of the GDFQ and the full-RIS generator
-  of the lowest seed that has both on the chosen schedule (the runs' workdirs are needed, so
-  --tables-only leaves it as it is)."""
+  """samples_cifar10_ablation.png: the last `samples.png` of the GDFQ, +both and full-RIS
+  generators (those that have run) of the lowest seed that has GDFQ and full RIS on the chosen
+  schedule (the runs' workdirs are needed, so --tables-only leaves it as it is)."""
   seeds = sorted({r['seed'] for r in group(rows, chosen, 'gdfq')} & {r['seed'] for r in group(rows, chosen, 'ris')})
   if not seeds:
     return
@@ -203,7 +206,7 @@ def write_sample_grids(root, rows, chosen):
   tables.sample_grids('samples_cifar10_ablation.png', [
       (os.path.join(workdir_of(root, chosen, v, seeds[0]), 'samples.png'),
        f'{VARIANTS[v][0]}, seed {seeds[0]}' + (f', after {steps} iterations' if steps else ''))
-      for v in ('gdfq', 'ris')])
+      for v in SAMPLE_VARIANTS if any(r['seed'] == seeds[0] for r in group(rows, chosen, v))])
 
 
 def write_tables(rows, chosen):
@@ -260,7 +263,7 @@ def write_ablation_table(rows, schedule):
   lines = ['# CIFAR-10 ablation of the RIS terms (akamaster ResNet-20, real test set)', '',
            f'Made by `{runs_command}` (resumable; each run\'s own command is listed at the end), '
            f"regenerated from `{RAW}.raw.json` by `{tables.command('cifar10_ablation.py', ['--tables-only'])}`. "
-           'Curves: `cifar10_ablation.png`; the GDFQ and full-RIS generators\' images at the end: '
+           'Curves: `cifar10_ablation.png`; the GDFQ, +both and full-RIS generators\' images at the end: '
            '`samples_cifar10_ablation.png`.', '',
            '![curves](cifar10_ablation.png)', '', '![samples](samples_cifar10_ablation.png)', '',
            f'- Schedule `{schedule}` (configs/cifar10_akamaster.py): batch 64, {steps} iterations; '
