@@ -249,6 +249,14 @@ def write_schedule_table(rows, schedules):
   tables.write('cifar10_schedule.md', lines)
 
 
+def runner_command(schedule, variants, runs):
+  """The command of this script that makes `runs` (relative paths, two jobs)."""
+  seeds = ','.join(str(x) for x in sorted({r['seed'] for r in runs}))
+  return shlex.join(['python', 'experiments/cifar10_ablation.py', '--data', '../shared/data',
+                     '--schedule', schedule, '--variants', ','.join(variants), '--seeds', seeds,
+                     '--workdir', 'runs/cifar10_ablation', '--jobs', '2'])
+
+
 def write_ablation_table(rows, schedule):
   variants = [v for v in VARIANTS if not v.endswith('_ait') and group(rows, schedule, v)]
   runs = [r for v in variants for r in group(rows, schedule, v)]
@@ -256,10 +264,7 @@ def write_ablation_table(rows, schedule):
     return
   steps = runs[0]['results']['steps']
   teacher = runs[0]['results']
-  seeds = ','.join(str(x) for x in sorted({r['seed'] for r in runs}))
-  runs_command = shlex.join(['python', 'experiments/cifar10_ablation.py', '--data', '../shared/data',
-                             '--schedule', schedule, '--variants', ','.join(variants), '--seeds',
-                             seeds, '--workdir', 'runs/cifar10_ablation', '--jobs', '2'])
+  runs_command = runner_command(schedule, variants, runs)
   lines = ['# CIFAR-10 ablation of the RIS terms (akamaster ResNet-20, real test set)', '',
            f'Made by `{runs_command}` (resumable; each run\'s own command is listed at the end), '
            f"regenerated from `{RAW}.raw.json` by `{tables.command('cifar10_ablation.py', ['--tables-only'])}`. "
@@ -358,10 +363,7 @@ def write_ait_table(rows, schedule):
   (same seed) to the same generator method without AIT."""
   variants = [v for v in ('gdfq', 'gdfq_ait', 'ris', 'ris_ait') if group(rows, schedule, v)]
   runs = [r for v in variants for r in group(rows, schedule, v)]
-  seeds = ','.join(str(x) for x in sorted({r['seed'] for r in runs}))
-  runs_command = shlex.join(['python', 'experiments/cifar10_ablation.py', '--data', '../shared/data',
-                             '--schedule', schedule, '--variants', ','.join(variants), '--seeds',
-                             seeds, '--workdir', 'runs/cifar10_ablation', '--jobs', '2'])
+  runs_command = runner_command(schedule, variants, runs)
   lines = ['# CIFAR-10: GDFQ and RIS with and without the AIT student step', '',
            f'Made by `{runs_command}` (the same runner and runs as `cifar10_ablation.md`; each '
            f"run's own command is listed at the end), regenerated from `{RAW}.raw.json` by "
