@@ -120,6 +120,15 @@ def broadcast(tree: Any) -> Any:
   return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
 
 
+def gather(value: np.ndarray) -> np.ndarray:
+  """Every process's value of a host array, stacked: (processes, *value.shape)."""
+  value = np.asarray(value)
+  if jax.process_count() == 1:
+    return value[None]
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(value))
+
+
 def global_mesh() -> Mesh:
   """A 1-D mesh over every device of every process, axis 'data'."""
   return Mesh(np.asarray(jax.devices()), (AXIS,))

@@ -11,6 +11,11 @@ class UserError(Exception):
   """A problem with the user's input (file, config, dataset) whose message names the fix."""
 
 
+class Terminated(Exception):
+  """SIGTERM (a scheduler's preemption or time-limit notice) reached a training run, which
+  saved a checkpoint and stopped; the same command resumes it. `main` exits with code 143."""
+
+
 def short_list(items, limit: int = 8) -> str:
   items = list(items)
   shown = ', '.join(str(i) for i in items[:limit])

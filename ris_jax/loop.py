@@ -6,12 +6,15 @@ Writes into the workdir: `config.json`, `metrics.jsonl`, `samples.png`, `checkpo
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -23,7 +26,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from ris_jax import distributed, evaluation, teacher, train
-from ris_jax.errors import UserError
+from ris_jax.errors import Terminated, UserError
 
 class TrainingDiverged(UserError):
   """A loss became NaN/Inf; the run stops, keeping the last good checkpoint."""
@@ -243,6 +246,21 @@ def _first_non_finite(pending):
   return None, None
 
 
+@contextlib.contextmanager
+def sigterm_caught():
+  """Yields a list that SIGTERM appends to instead of ending the process (in the main thread;
+  elsewhere signals cannot be caught and the list stays empty); the previous handler after."""
+  caught = []
+  if threading.current_thread() is not threading.main_thread():
+    yield caught
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+  try:
+    yield caught
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
                        max_iterations: Optional[int] = None) -> Dict[str, Any]:
   """Runs (or resumes) one RIS/GDFQ run: quantization-aware fine-tuning (mode 'train') or
@@ -252,7 +270,12 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   with a checkpoint, and return {'stopped_at': step, 'steps', 'students': {tag: {'': top-1,
   subset: …}}, 'wall_s'} instead (the same call resumes). The deadline stop is taken when the
   next iterations, a save and an evaluation (as long as the last ones took) would no longer fit;
-  with several processes, process 0's clock decides (a broadcast per iteration)."""
+  with several processes, process 0's clock decides.
+
+  SIGTERM (SLURM's and Kubernetes' notice before they kill a job) does not end the process
+  mid-step: the loop saves a checkpoint at its next check — every iteration with one process,
+  every `log_every` with several, where any process's signal stops them all — and raises
+  `Terminated`; the same command resumes the run."""
   workdir = os.path.abspath(workdir)
   refuse_other_run(config, workdir)
   start_time = time.time()
@@ -304,80 +327,88 @@ def train_and_evaluate(config, workdir: str, deadline: Optional[float] = None,
   took = {'save': 0.0, 'eval': 0.0}  # seconds of the last checkpoint save and evaluation
   loop_start, stopped = time.time(), False
   evaluated = (None, None)  # (step, top-1) of the latest evaluation
-  # The deadline is checked every step in one process; with several, only at log steps: each
-  # check is then a collective, which would make every step wait for the slowest process.
+  # Deadline and SIGTERM are checked every step in one process; with several, only at log steps:
+  # each check is then a collective, which would make every step wait for the slowest process.
   multiprocess = jax.process_count() > 1
   check_every = tc.log_every if multiprocess else 1
-  for step in bar:
-    state, metrics = step_fn(state, t_vars, margins, update_student=step >= tc.warmup_steps,
-                             calibrate=step < tc.calibration_steps)
-    done = step + 1
-    pending.append((done, metrics))
-    if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
-      top1 = accuracies()
-      evaluated = (done, top1)
-      for tag in tags:
-        meta['students'][tag].update(
-            {evaluation.subset_key('student_top1_initial', sub): v for sub, v in top1[tag].items()})
-      writer.write(done, **top1_row('student_top1_initial', top1))
-    log_now = done % tc.log_every == 0 or done == tc.steps
-    stopped = done < tc.steps and max_iterations is not None and done - first >= max_iterations
-    if deadline is not None and done < tc.steps and done % check_every == 0:
-      # Stop if the next check would come after the deadline (with a save and an evaluation).
-      per_step = (time.time() - loop_start) / (done - first)
-      late = time.time() + (check_every + 1) * per_step + took['save'] + took['eval'] > deadline
-      if multiprocess:  # every process takes process 0's decision (their clocks differ)
-        late = bool(distributed.broadcast(np.bool_(late)))
-      stopped = stopped or late
-    save_now = done % tc.checkpoint_every == 0 or done == tc.steps or stopped
-    if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
-      bad_step, bad_metrics = _first_non_finite(pending)
-      pending = []
-      metrics = jax.device_get(metrics)
-      if bad_step is not None:
-        bad = sorted(k for k, v in bad_metrics.items() if not np.isfinite(v))
-        writer.write(bad_step, event='non_finite',
-                     **{k: (float(v) if np.isfinite(v) else str(v)) for k, v in bad_metrics.items()})
-        _diverged(f'{", ".join(bad)} became non-finite at step {bad_step}', manager, workdir)
+  terminated = False
+  with sigterm_caught() as caught:
+    for step in bar:
+      state, metrics = step_fn(state, t_vars, margins, update_student=step >= tc.warmup_steps,
+                               calibrate=step < tc.calibration_steps)
+      done = step + 1
+      pending.append((done, metrics))
+      if done == tc.warmup_steps or (tc.warmup_steps == 0 and done == 1):
+        top1 = accuracies()
+        evaluated = (done, top1)
+        for tag in tags:
+          meta['students'][tag].update(
+              {evaluation.subset_key('student_top1_initial', sub): v for sub, v in top1[tag].items()})
+        writer.write(done, **top1_row('student_top1_initial', top1))
+      log_now = done % tc.log_every == 0 or done == tc.steps
+      stopped = done < tc.steps and max_iterations is not None and done - first >= max_iterations
+      if done < tc.steps and done % check_every == 0 and (deadline is not None or multiprocess
+                                                          or caught):
+        # Stop if the next check would come after the deadline (with a save and an evaluation).
+        late = deadline is not None and time.time() + (check_every + 1) * (
+            time.time() - loop_start) / (done - first) + took['save'] + took['eval'] > deadline
+        # every process takes process 0's deadline decision (their clocks differ) and stops if
+        # any process was sent SIGTERM
+        votes = distributed.gather(np.array([late, bool(caught)]))
+        late, terminated = bool(votes[0, 0]), bool(votes[:, 1].any())
+        stopped = stopped or late or terminated
+      save_now = done % tc.checkpoint_every == 0 or done == tc.steps or stopped
+      if log_now or save_now:  # never checkpoint a state that a non-finite loss produced
+        bad_step, bad_metrics = _first_non_finite(pending)
+        pending = []
+        metrics = jax.device_get(metrics)
+        if bad_step is not None:
+          bad = sorted(k for k, v in bad_metrics.items() if not np.isfinite(v))
+          writer.write(bad_step, event='non_finite',
+                       **{k: (float(v) if np.isfinite(v) else str(v)) for k, v in bad_metrics.items()})
+          _diverged(f'{", ".join(bad)} became non-finite at step {bad_step}', manager, workdir)
+        if save_now:
+          bad = sorted(k for k, ok in jax.device_get(_finite_fields(state)).items() if not ok)
+          if bad:
+            writer.write(done, event='non_finite_state', fields=', '.join(bad))
+            _diverged(f'the training state ({", ".join(bad)}) became non-finite by step {done}',
+                      manager, workdir)
+      if log_now:
+        steps_per_s = (done - tick_step) / max(time.time() - tick, 1e-9)
+        tick, tick_step = time.time(), done
+        writer.write(done, steps_per_s=steps_per_s, **metrics)
+        bar.set_postfix(g=f"{metrics['g_loss']:.3f}",
+                        **{name('s', tag): f"{metrics[name('s_loss', tag)]:.3f}" for tag in tags})
+      if done % tc.eval_every == 0 or done == tc.steps:
+        eval_start = time.time()
+        top1 = accuracies()
+        evaluated = (done, top1)
+        for tag in tags:
+          if done > tc.warmup_steps:
+            entry = meta['students'][tag]
+            for sub, v in top1[tag].items():
+              key = evaluation.subset_key('student_top1_best', sub)
+              entry[key] = max(entry.get(key) or 0.0, v)
+        writer.write(done, **top1_row('student_top1', top1), **diagnose(state))
+        if distributed.is_primary():
+          bar.write(f'step {done}: student top-1 ' + ', '.join(
+              f"{tag} {top1[tag]['']:.2f}%" for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
+        _sample_png(models, state, workdir, spec.normalization, done, config.seed)
+        took['eval'] = time.time() - eval_start
       if save_now:
-        bad = sorted(k for k, ok in jax.device_get(_finite_fields(state)).items() if not ok)
-        if bad:
-          writer.write(done, event='non_finite_state', fields=', '.join(bad))
-          _diverged(f'the training state ({", ".join(bad)}) became non-finite by step {done}',
-                    manager, workdir)
-    if log_now:
-      steps_per_s = (done - tick_step) / max(time.time() - tick, 1e-9)
-      tick, tick_step = time.time(), done
-      writer.write(done, steps_per_s=steps_per_s, **metrics)
-      bar.set_postfix(g=f"{metrics['g_loss']:.3f}",
-                      **{name('s', tag): f"{metrics[name('s_loss', tag)]:.3f}" for tag in tags})
-    if done % tc.eval_every == 0 or done == tc.steps:
-      eval_start = time.time()
-      top1 = accuracies()
-      evaluated = (done, top1)
-      for tag in tags:
-        if done > tc.warmup_steps:
-          entry = meta['students'][tag]
-          for sub, v in top1[tag].items():
-            key = evaluation.subset_key('student_top1_best', sub)
-            entry[key] = max(entry.get(key) or 0.0, v)
-      writer.write(done, **top1_row('student_top1', top1), **diagnose(state))
-      if distributed.is_primary():
-        bar.write(f'step {done}: student top-1 ' + ', '.join(
-            f"{tag} {top1[tag]['']:.2f}%" for tag in tags) + f' (teacher {meta["teacher_top1"]:.2f}%)')
-      _sample_png(models, state, workdir, spec.normalization, done, config.seed)
-      took['eval'] = time.time() - eval_start
-    if save_now:
-      meta['wall_s'] = meta['wall_s'] + time.time() - start_time
-      start_time = time.time()
-      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)))
-      took['save'] = time.time() - start_time
-    if stopped:
-      break
-  manager.wait_until_finished()
+        meta['wall_s'] = meta['wall_s'] + time.time() - start_time
+        start_time = time.time()
+        manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)))
+        took['save'] = time.time() - start_time
+      if stopped:
+        break
+    manager.wait_until_finished()
   if stopped:
     bar.close()
+    if terminated:
+      raise Terminated(f'SIGTERM: {workdir} saved the checkpoint of step {done} (of {tc.steps}) '
+                       'and stopped; rerun the same command to resume')
     return {'stopped_at': done, 'steps': tc.steps,
             'students': evaluated[1] if evaluated[0] == done else accuracies(),
             'wall_s': round(meta['wall_s'] + time.time() - start_time, 1)}

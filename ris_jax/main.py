@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ris_jax.errors import UserError, exit_with_error
+from ris_jax.errors import Terminated, UserError, exit_with_error
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -92,6 +93,9 @@ def main(argv):
     results = run_flags(_CONFIG, _WORKDIR)
   except UserError as e:
     exit_with_error(e)
+  except Terminated as e:  # checkpoint saved: a requeued job resumes with the same command
+    print(f'stopped: {e}', file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGTERM)
   print(json.dumps(results, indent=2))
 
 

@@ -6,6 +6,9 @@
     python tests/reliability_faults.py kill_after_save STEP --config ... --workdir ...
         SIGKILLs this process once the checkpoint of STEP is complete and every process of a
         multi-process run has saved it (a barrier), so all of them die there together.
+    python tests/reliability_faults.py sigterm_at STEP --config ... --workdir ...
+        Sends SIGTERM (a scheduler's preemption notice) during iteration STEP to the last
+        process only: with several, the others learn of it from the loop's stop vote.
     python tests/reliability_faults.py nan_at STEP --config ... --workdir ...
         From iteration STEP on, the generator's parameters are NaN and so is g_loss (what a
         diverging generator produces), as if the step function had returned them.
@@ -45,6 +48,23 @@ def kill_after_save(step: int) -> None:
   ocp.CheckpointManager.save = save_then_die
 
 
+def sigterm_at(step: int) -> None:
+  import jax
+  from ris_jax import train
+  jit_ris_step = train.jit_ris_step
+
+  def signalled_jit_ris_step(*args, **kwargs):
+    step_fn = jit_ris_step(*args, **kwargs)
+
+    def signalled(state, *a, **k):
+      state, metrics = step_fn(state, *a, **k)
+      if int(state.step) == step and jax.process_index() == jax.process_count() - 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return state, metrics
+    return signalled
+  train.jit_ris_step = signalled_jit_ris_step
+
+
 def nan_at(step: int) -> None:
   import jax
   import jax.numpy as jnp
@@ -67,7 +87,8 @@ def nan_at(step: int) -> None:
 
 if __name__ == '__main__':
   fault, step = sys.argv[1], int(sys.argv[2])
-  {'kill_in_save': kill_in_save, 'kill_after_save': kill_after_save, 'nan_at': nan_at}[fault](step)
+  {'kill_in_save': kill_in_save, 'kill_after_save': kill_after_save, 'sigterm_at': sigterm_at,
+   'nan_at': nan_at}[fault](step)
   from absl import app
   from ris_jax import main
   sys.argv = ['ris_jax.main'] + sys.argv[3:]

@@ -238,7 +238,8 @@ def training(teacher, compile_cache, tmp_path_factory):
   """The tiny run as 1 process × 2 devices ('one'), and as 2 processes × 1 device ('two')
   killed (SIGKILL, all of them) right after the checkpoint of step 2, then rerun to the end:
   so steps 1-2 ran in the first pair of processes and steps 3-4 in the second. 'two' exported
-  by `python -m ris_jax.export`, 'one' by `export.export_student` here."""
+  by `python -m ris_jax.export`, 'one' by `export.export_student` here. 'term': 2 processes
+  of which process 1 is sent SIGTERM during step 1, then rerun."""
   root = tmp_path_factory.mktemp('multihost_training')
   args = TINY + EVAL + [f'--config.teacher.checkpoint={teacher["dir"]}']
   w = {name: str(root / name) for name in ('one', 'two')}
@@ -249,6 +250,11 @@ def training(teacher, compile_cache, tmp_path_factory):
   out['killed_steps'] = sorted(os.listdir(os.path.join(w['two'], 'checkpoints')))
   out['killed_files'] = sorted(os.listdir(w['two']))
   out['two'] = ok(launch(args + [f'--workdir={w["two"]}'], compile_cache, processes=2))
+  w['term'] = str(root / 'term')
+  out['terminated'] = launch(['sigterm_at', '1', *args, f'--workdir={w["term"]}'], compile_cache,
+                             processes=2, script=(FAULTS,))
+  out['terminated_steps'] = sorted(os.listdir(os.path.join(w['term'], 'checkpoints')))
+  out['term'] = ok(launch(args + [f'--workdir={w["term"]}'], compile_cache, processes=2))
   exporting = start(['--workdir', w['two'], '--out', str(root / 'export_two')], compile_cache,
                     script=('-m', 'ris_jax.export'))
   from ris_jax import export, loop
@@ -327,6 +333,19 @@ def test_two_processes_killed_after_a_checkpoint_and_rerun_equal_one_process(tra
   assert arrays_two.keys() == arrays_one.keys()
   for k in arrays_two:
     np.testing.assert_allclose(arrays_two[k], arrays_one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(training):
+  """Process 1 is sent SIGTERM during step 1 (log_every 1: a stop vote every step); both
+  processes save the checkpoint of step 1 and exit 143; the rerun equals the 1-process run."""
+  w, out = training['workdirs'], training['out']
+  assert [rc for rc, _, _ in out['terminated']] == [143, 143], \
+      [e[-3000:] for _, _, e in out['terminated']]
+  assert all('saved the checkpoint of step 1 (of 4)' in e for _, _, e in out['terminated'])
+  assert out['terminated_steps'] == ['1']
+  assert 'resuming from the checkpoint of step 1' in out['term'][0][1]
+  assert_rows_close(rows(w['term']), rows(w['one']))
+  assert results(w['term']) == results(w['one'])
 
 
 def test_export_of_a_two_process_run_predicts_as_the_one_process_run(training):

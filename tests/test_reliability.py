@@ -173,7 +173,7 @@ def scenarios(teacher, env, tmp_path_factory):
     futures['reference'] = concurrent.futures.Future()
     futures['reference'].set_result((reference, out))
     for name, fn in [('kill_9', kill_9),
-                     ('kill_in_save', kill_in_save), ('nan', non_finite),
+                     ('kill_in_save', kill_in_save), ('sigterm', sigterm), ('nan', non_finite),
                      ('overwrite', overwrite)]:
       futures[name] = pool.submit(fn, reference, teacher, env, tmp(name))
     for case in CLI_CASES:
@@ -273,6 +273,29 @@ def test_a_checkpoint_killed_while_being_written_is_never_resumed(scenarios):
   assert 'resuming from the checkpoint of step 4' in seen['out']
   assert steps_in(seen['workdir']) == ([6, 8], [])  # the leftovers are deleted
   assert_same_run(scenarios['reference'].result()[0], seen['workdir'])
+
+
+def sigterm(reference, teacher, env, tmp):
+  """SIGTERM during iteration 5 (between the checkpoints of 4 and 6); rerun."""
+  workdir = str(tmp / 'run')
+  rc, out, err = run([FAULTS, 'sigterm_at', '5', *main_args(teacher, workdir)[2:]], env)
+  seen = dict(rc=rc, out=out, err=err, steps=steps_in(workdir), rows=metrics(workdir),
+              workdir=workdir)
+  seen['rerun'] = run_ok(main_args(teacher, workdir), env)
+  return seen
+
+
+@SCENARIOS
+def test_sigterm_saves_the_current_step_and_exits_143_then_resumes_the_same_run(scenarios):
+  seen = scenarios['sigterm'].result()
+  reference = scenarios['reference'].result()[0]
+  assert seen['rc'] == 128 + signal.SIGTERM, seen['err'][-3000:]
+  assert 'saved the checkpoint of step 5 (of 8)' in seen['err'] and 'Traceback' not in seen['err']
+  assert '"students"' not in seen['out']  # no results printed: the run is not done
+  assert seen['steps'] == ([4, 5], [])  # no iteration lost
+  assert seen['rows'] == [r for r in metrics(reference) if r['step'] <= 4]
+  assert 'resuming from the checkpoint of step 5' in seen['rerun']
+  assert_same_run(reference, seen['workdir'])
 
 
 def non_finite(reference, teacher, env, tmp):
