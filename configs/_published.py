@@ -32,7 +32,8 @@ def ait(c, threshold: float):
 
 
 def base(arg, allowed=('w3a3', 'w4a4', 'w5a5'), ait_threshold: float = 1e-3):
-  """The paper's CIFAR setting (default.py) at the bits of `arg`; ',ait': AIT's student."""
+  """The paper's CIFAR setting (default.py: its hyper-parameters and schedule, RIS's terms as
+  ris_jax defaults them) at the bits of `arg`; ',ait': AIT's student."""
   w, a, method, with_ait = parse_arg(arg, allowed)
   c = default.get_config()
   c.quant.w_bits, c.quant.a_bits, c.method = w, a, method

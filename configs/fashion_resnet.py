@@ -10,7 +10,8 @@ and cached under `~/.cache/ris_jax`; needs `apt-get install -y dataset-fashion-m
 Evaluation: the 10,000 real test images (6 times per run). 2,000 iterations of batch 64.
 Measured: the :w4a4 RIS run took 13 min 27 s end to end with the teacher cached (wall_s 804,
 ~2.5 iterations/s) while the test suite ran beside it on the 2-core CPU; add ~6.5 min for the
-teacher's training on first use. Calibrated 65.70 % -> final 85.21 %, best 86.72 % (teacher 89.18 %).
+teacher's training on first use. Calibrated 65.70 % -> final 85.21 %, best 86.72 % (teacher 89.18 %),
+with the κ = 3 soft labels that were the default then (`--config.loss.soft_labels=True` reruns it).
 """
 from configs import _published, teacher_fashion
 

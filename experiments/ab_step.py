@@ -77,8 +77,7 @@ def main(argv=None):
   if args.pin_core is not None:
     os.sched_setaffinity(0, {args.pin_core})
   import jax
-  from bench_step import PRESETS, JaxStep, apply_overrides
-  from configs import default
+  from bench_step import PRESETS, JaxStep, apply_overrides, bench_config
   from ris_jax import convert
   from ris_jax.models import get_arch
   import torch
@@ -92,10 +91,7 @@ def main(argv=None):
   names = args.components.split(',')
   runs, fns, step0, compile_s = {}, {}, {}, {}
   for v in values:
-    config = default.get_config()
-    config.seed = args.seed
-    config.train.batch_size = batch_size
-    config.generator.kind = preset['generator']
+    config = bench_config(args.seed, batch_size, preset['generator'])
     apply_overrides(config, [f'{args.field}={v}'])
     js = JaxStep(config, spec, t_vars, batch_size)
     compile_s[v] = round(js.compile_s, 1)

@@ -73,8 +73,7 @@ def main(argv=None):
     os.sched_setaffinity(0, {args.pin_core})
   import jax
   import torch
-  from bench_step import PRESETS, JaxStep
-  from configs import default
+  from bench_step import PRESETS, JaxStep, bench_config
   from ris_jax import convert
   from ris_jax.models import get_arch
   from torch_reference import TorchRIS
@@ -87,10 +86,7 @@ def main(argv=None):
   torch.manual_seed(args.seed)
   torch_teacher = spec.torch_model()
   t_vars = convert.torch_to_flax(spec, torch_teacher.state_dict())
-  config = default.get_config()
-  config.seed = args.seed
-  config.train.batch_size = batch_size
-  config.generator.kind = preset['generator']
+  config = bench_config(args.seed, batch_size, preset['generator'])
   js = JaxStep(config, spec, t_vars, batch_size)
   ref = TorchRIS(torch_teacher, spec.num_classes, spec.image_size, batch_size,
                  generator_kind=preset['generator'], channels_last=True)

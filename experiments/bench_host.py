@@ -44,6 +44,7 @@ def main(argv=None):
   from ris_jax import distributed, evaluation, loop, train
 
   config = cifar10_akamaster.get_config('resnet20,w4a4+w3a3')  # the paper's batch 200
+  config.loss.soft_labels = True  # bench.md's full RIS iteration (bench_step.bench_config)
   config.teacher.checkpoint = os.path.join(args.data, 'resnet20-12fca82f.th')
   config.data.dataset = 'npz:' + os.path.join(args.data, 'cifar10_test.npz')
   config.train.progress = False

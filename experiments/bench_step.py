@@ -81,6 +81,16 @@ def peak_memory() -> dict:
   return out
 
 
+def bench_config(seed, batch_size, generator_kind):
+  """The configs' RIS with every term on, κ = 3 soft labels included (off by default since the
+  CIFAR-10 ablation, on in TorchRIS and in bench.md's figures): the iteration the benchmarks time."""
+  from configs import default
+  c = default.get_config()
+  c.seed, c.train.batch_size, c.generator.kind = seed, batch_size, generator_kind
+  c.loss.soft_labels = True
+  return c
+
+
 def apply_overrides(config, overrides):
   """`FIELD=VALUE` strings (dotted config paths) applied to an ml_collections config, the value
   parsed with the field's current type."""
@@ -139,7 +149,6 @@ def bench_students(args) -> dict:
   per bit-width) against the same bit-widths as single runs, and the extra student's own
   forward + backward pass, interleaved in rounds; wall ms per iteration (medians)."""
   import jax
-  from configs import default
   from ris_jax import convert, train
   from ris_jax.models import get_arch
   spec = get_arch(args.arch)
@@ -150,9 +159,7 @@ def bench_students(args) -> dict:
   tags = args.students.split(',')
 
   def config(bits):
-    c = default.get_config()
-    c.seed, c.train.batch_size = args.seed, batch_size
-    c.generator.kind = PRESETS[args.arch]['generator']
+    c = bench_config(args.seed, batch_size, PRESETS[args.arch]['generator'])
     c.quant.bits = bits
     return apply_overrides(c, args.set)
 
@@ -235,7 +242,6 @@ def main(argv=None):
     return
   import jax
   import torch
-  from configs import default
   from experiments.torch_reference import TorchRIS
   from ris_jax import convert
   from ris_jax.models import get_arch
@@ -250,11 +256,7 @@ def main(argv=None):
   torch_device = args.torch_device or ('cuda' if torch.cuda.is_available() else 'cpu')
 
   # ---- JAX: the training loop's own jitted step (train.jit_ris_step), fine-tuning phase.
-  config = default.get_config()
-  config.seed = args.seed
-  config.train.batch_size = batch_size
-  config.generator.kind = preset['generator']
-  apply_overrides(config, args.set)
+  config = apply_overrides(bench_config(args.seed, batch_size, preset['generator']), args.set)
   jax_run = JaxStep(config, spec, convert.torch_to_flax(spec, torch_teacher.state_dict()),
                     batch_size)
   compile_s, gflops = jax_run.compile_s, jax_run.gflops

@@ -98,7 +98,10 @@ class Experiment:
                     ['-m', 'ris_jax.main', '--config', self.config(arch, bits, extra),
                      '--workdir', w, f'--config.seed={seed}',
                      # the table's runs were made with the plain upsample+conv generator layer
-                     '--config.generator.upsample_conv=plain'] + self.overrides(arch),
+                     # and, for RIS, κ = 3 soft labels (the configs' default until 2026-12-07)
+                     '--config.generator.upsample_conv=plain']
+                    + (['--config.loss.soft_labels=True'] if method == 'ris' else [])
+                    + self.overrides(arch),
                     os.path.join(w, 'results.json'))
 
   def train_dir(self, arch, bits, method, seed):
@@ -199,14 +202,17 @@ def write_report(raw):
            'one image = 0.01 points. final = after the last iteration, best = best of the '
            'evaluations after warm-up (every quarter of the run and the final one).',
            f'- Schedule (`scaled{steps}`, named `cpu{steps}` when this table was made, at commit '
-           '0304feb; the commands below keep that name): batch 64, {steps} iterations, warm-up (student frozen, '
+           f'0304feb; the commands below keep that name): batch 64, {steps} iterations, warm-up (student frozen, '
            f'activation ranges calibrating) {max(50, steps // 40)} iterations, both learning rates '
            f'×0.1 at {steps // 4}, {steps // 2}, {3 * steps // 4}. The paper: batch 200, 80,000 '
            f'iterations, i.e. {80000 * 200 / (steps * 64):.0f}× more images. All other '
            'hyper-parameters are the paper\'s (method.md): student SGD lr 1e-4, generator Adam '
            '1e-3, β 0.1, τ 20, λ_r 1; nothing was tuned on the test set.',
            '- W4A4 and W3A3 students of a run are trained on the same generator (one run per '
-           'method and seed, `--config.quant.bits=w4a4,w3a3`).', '']
+           'method and seed, `--config.quant.bits=w4a4,w3a3`).',
+           '- RIS: full RIS with κ = 3 soft labels, the configs\' default when this table was made '
+           '(hard labels since 2026-12-07: `cifar10_ablation.md`); the RIS commands below ran it '
+           'without `--config.loss.soft_labels=True`, which the script now adds.', '']
   if 'teacher' in raw:
     lines += [f"FP teachers: ResNet-20 **{raw['teacher']['resnet20']:.2f} %**, ResNet-56 "
               f"**{raw['teacher']['resnet56']:.2f} %** (`mode=eval_teacher`).", '']

@@ -79,8 +79,9 @@ def compile_cache():
 
 
 def tiny_config(teacher_dir: str):
-  """The demo config (full RIS: input + weight perturbation, decorrelated soft labels, W3A3)
-  at test size: batch 16, a width-16 generator with a 16-d latent. Tests change only
+  """The demo config with every RIS term on (input + weight perturbation and the decorrelated
+  soft labels, which the configs no longer default to), W3A3, at test size: batch 16, a
+  width-16 generator with a 16-d latent. Tests change only
   train.{steps, warmup_steps, calibration_steps, *_every}, which leave the compiled step
   unchanged (so the compilation cache serves them all; test_reliability's runs too)."""
   from configs import demo
@@ -90,6 +91,7 @@ def tiny_config(teacher_dir: str):
   c.generator.width = 16
   c.generator.latent_dim = 16
   c.train.batch_size = 16
+  c.loss.soft_labels = True
   c.train.progress = False
   c.train.warmup_steps = 1
   c.train.calibration_steps = 1
@@ -138,8 +140,8 @@ def tiny_run(digits_teacher, compile_cache, tmp_path_factory):
 
 
 # The demo at test size from the command line: the same compiled step as `tiny_config`.
-DEMO_OVERRIDES = {'train.steps': 6, 'train.batch_size': 16, 'generator.width': 16,
-                  'generator.latent_dim': 16, 'train.warmup_steps': 1,
+DEMO_OVERRIDES = {'train.steps': 6, 'train.batch_size': 16, 'loss.soft_labels': True,
+                  'generator.width': 16, 'generator.latent_dim': 16, 'train.warmup_steps': 1,
                   'train.calibration_steps': 1, 'train.log_every': 3, 'train.eval_every': 3,
                   'train.checkpoint_every': 3, 'train.progress': False}
 

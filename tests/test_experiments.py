@@ -98,3 +98,45 @@ def test_upsample_seed_check_pairs_the_settings_by_seed(results_dir):
   assert row == ('| full RIS | 91.00 ± 0.82 (90.00, 91.00, 92.00) | 91.50 ± 0.82 (90.50, 91.50, '
                  '92.50) | 0.50 ± 0.00 (0.50, 0.50, 0.50) |')
   assert 'FP teacher 99.17 %' in text
+
+
+def _cifar10_row(variant, seed, val, report):
+  import cifar10_ablation as c10
+  students = {b: {'student_top1_final_val': val + i, 'student_top1_final_report': report + i,
+                  'student_top1_final': report + i, 'student_top1_best_report': report + i + 1,
+                  'student_top1_best': report + i + 1} for i, b in enumerate(c10.BITS)}
+  return {'schedule': 'cpu3000,warm500', 'variant': variant, 'seed': seed, 'command': f'run {variant}',
+          'results': {'students': students, 'wall_s': 600.0, 'steps': 3000},
+          'curves': {}, 'steps_per_s_median': 5.0}
+
+
+def test_cifar10_defaults_rule_waits_for_every_run_then_prefers_the_paper_within_the_tie():
+  import cifar10_ablation as c10
+  # mean validation final over (W3A3, W4A4 = +1) and seeds: ris 70.5, corr 80.5, both 80.7
+  vals = {'ris': (70.0, 70.0), 'corr': (80.0, 80.0), 'both': (80.0, 80.4)}
+  rows = {c10.run_key('cpu3000,warm500', v, s): _cifar10_row(v, s, vals[v][s], 0.0)
+          for v in vals for s in c10.DEFAULT_SEEDS}
+  text = '\n'.join(c10.defaults_rule_lines(rows, 'cpu3000,warm500'))
+  assert f"**{c10.VARIANTS['corr'][0]}** (80.50)" in text  # 0.2 < DEFAULT_TIE behind +both
+  rows[c10.run_key('cpu3000,warm500', 'both', 1)] = _cifar10_row('both', 1, 81.0, 0.0)  # 80.0 + 81.0 → 81.0
+  text = '\n'.join(c10.defaults_rule_lines(rows, 'cpu3000,warm500'))
+  assert f"**{c10.VARIANTS['both'][0]}** (81.00)" in text
+  del rows[c10.run_key('cpu3000,warm500', 'corr', 1)]
+  text = '\n'.join(c10.defaults_rule_lines(rows, 'cpu3000,warm500'))
+  assert 'Not applied yet: waiting for corr seed 1.' in text and 'The rule chooses' not in text
+
+
+def test_cifar10_ait_delta_is_paired_with_its_own_generator_method(results_dir):
+  import cifar10_ablation as c10
+  report = {('gdfq', 0): 60.0, ('gdfq', 1): 62.0, ('gdfq_ait', 0): 61.0, ('gdfq_ait', 1): 65.0,
+            (c10.RIS_DEFAULT, 0): 70.0, (c10.RIS_DEFAULT, 1): 70.0, ('ris', 0): 10.0,
+            ('ris_ait', 0): 72.0, ('ris_ait', 1): 71.0}
+  rows = {c10.run_key('cpu3000,warm500', v, s): _cifar10_row(v, s, 0.0, x) for (v, s), x in report.items()}
+  c10.write_ait_table(rows, 'cpu3000,warm500')
+  text = (results_dir / 'cifar10_ait.md').read_text()
+  w3a3 = text[text.index('## W3A3'):text.index('## W4A4')]
+  row = lambda label: next(line for line in w3a3.splitlines() if line.startswith(f'| {label} |'))
+  assert '| 2.00 ± 1.00 (1.00, 3.00) |' in row('GDFQ + AIT')  # 61 − 60, 65 − 62
+  assert '| 1.50 ± 0.50 (2.00, 1.00) |' in row(c10.VARIANTS['ris_ait'][0])  # against RIS_DEFAULT, not 'ris'
+  assert c10.VARIANTS['ris'][0] not in text
+  assert c10.VARIANTS['ris_ait'][2] == c10.VARIANTS[c10.RIS_DEFAULT][2]  # same RIS terms, so the pair is exact
