@@ -48,41 +48,37 @@ def kill_after_save(step: int) -> None:
   ocp.CheckpointManager.save = save_then_die
 
 
-def sigterm_at(step: int) -> None:
-  import jax
+def after_each_step(hook) -> None:
+  """Makes the loop's step function return `hook(state, metrics)` after every iteration."""
   from ris_jax import train
   jit_ris_step = train.jit_ris_step
 
-  def signalled_jit_ris_step(*args, **kwargs):
+  def hooked_jit_ris_step(*args, **kwargs):
     step_fn = jit_ris_step(*args, **kwargs)
+    return lambda state, *a, **k: hook(*step_fn(state, *a, **k))
+  train.jit_ris_step = hooked_jit_ris_step
 
-    def signalled(state, *a, **k):
-      state, metrics = step_fn(state, *a, **k)
-      if int(state.step) == step and jax.process_index() == jax.process_count() - 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return state, metrics
-    return signalled
-  train.jit_ris_step = signalled_jit_ris_step
+
+def sigterm_at(step: int) -> None:
+  import jax
+
+  def signal_last_process(state, metrics):
+    if int(state.step) == step and jax.process_index() == jax.process_count() - 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return state, metrics
+  after_each_step(signal_last_process)
 
 
 def nan_at(step: int) -> None:
   import jax
   import jax.numpy as jnp
-  from ris_jax import train
-  jit_ris_step = train.jit_ris_step
 
-  def poisoned_jit_ris_step(*args, **kwargs):
-    step_fn = jit_ris_step(*args, **kwargs)
-
-    def poisoned(state, *a, **k):
-      state, metrics = step_fn(state, *a, **k)
-      if int(state.step) >= step:
-        gen = jax.tree.map(lambda x: x * jnp.nan, state.generator)
-        state = state.replace(generator=gen)
-        metrics = dict(metrics, g_loss=metrics['g_loss'] * jnp.nan)
-      return state, metrics
-    return poisoned
-  train.jit_ris_step = poisoned_jit_ris_step
+  def poison(state, metrics):
+    if int(state.step) >= step:
+      state = state.replace(generator=jax.tree.map(lambda x: x * jnp.nan, state.generator))
+      metrics = dict(metrics, g_loss=metrics['g_loss'] * jnp.nan)
+    return state, metrics
+  after_each_step(poison)
 
 
 if __name__ == '__main__':
