@@ -350,10 +350,7 @@ def write_ablation_table(rows, schedule):
     lines.append(f'| {VARIANTS[v][0]} | ' + ' | '.join(
         _fmt(np.mean([last(r, d) for r in rs]), 3) for d in DIAGNOSTICS) + ' |')
   lines += wall_time_lines(runs)
-  reading = os.path.join(tables.RESULTS, 'cifar10_ablation_reading.md')
-  if os.path.isfile(reading):
-    with open(reading) as f:
-      lines += ['', f.read()]
+  lines += tables.reading_lines('cifar10_ablation_reading.md')
   lines += ['', '## Runs', ''] + [f"- `{r['command']}`" for r in runs]
   tables.write('cifar10_ablation.md', lines)
   plot_curves(rows, schedule, variants, 'cifar10_ablation.png')
@@ -440,10 +437,7 @@ def write_ait_table(rows, schedule):
                    f"{tables.mean_std(best(r, '') for r in rs)} |")
     lines.append('')
   lines += wall_time_lines(runs)
-  reading = os.path.join(tables.RESULTS, 'cifar10_ait_reading.md')
-  if os.path.isfile(reading):
-    with open(reading) as f:
-      lines += ['', f.read()]
+  lines += tables.reading_lines('cifar10_ait_reading.md')
   lines += ['', '## Runs', ''] + [f"- `{r['command']}`" for r in runs]
   tables.write('cifar10_ait.md', lines)
   extra = [(f'gi_alpha_mean/{b}', f'AIT: mean α, {b.upper()}') for b in BITS]

@@ -224,10 +224,7 @@ def write_table(command, rows):
   for source in SOURCES:
     lines.append(f'| {LABELS[source]} | ' + ' | '.join(
         f"{rows['ptq'][f'{source}|{b}']['top1_calibrated_report']:.2f}" for b in PTQ_BITS) + ' |')
-  reading = os.path.join(tables.RESULTS, 'int8_runtime_reading.md')
-  if os.path.isfile(reading):
-    with open(reading) as f:
-      lines += ['', f.read()]
+  lines += tables.reading_lines('int8_runtime_reading.md')
   lines += ['', '## Commands', ''] + [f'- `{c}`' for c in rows['commands']]
   tables.write('int8_runtime.md', lines)
 

@@ -60,6 +60,16 @@ def write(name: str, lines: Sequence[str]) -> None:
   print('\n'.join(lines), flush=True)
 
 
+def reading_lines(name: str) -> list[str]:
+  """The hand-written reading experiments/results/<name> as lines to append to a table
+  (a blank line first), or [] while it does not exist."""
+  path = os.path.join(RESULTS, name)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return ['', f.read()]
+
+
 def sample_grids(name: str, panels: Sequence[tuple], width: float = 5.5, dpi: int = 90) -> None:
   """experiments/results/<name>: the runs' own `samples.png` grids (a labelled row of generator
   images per class, in the teacher's de-normalization) side by side, one panel per
