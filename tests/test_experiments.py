@@ -140,3 +140,23 @@ def test_cifar10_ait_delta_is_paired_with_its_own_generator_method(results_dir):
   assert '| 1.50 ± 0.50 (2.00, 1.00) |' in row(c10.VARIANTS['ris_ait'][0])  # against RIS_DEFAULT, not 'ris'
   assert c10.VARIANTS['ris'][0] not in text
   assert c10.VARIANTS['ris_ait'][2] == c10.VARIANTS[c10.RIS_DEFAULT][2]  # same RIS terms, so the pair is exact
+
+
+def test_cifar10_sample_grid_needs_every_run_workdir_and_never_crashes_without_them(results_dir, tmp_path):
+  import cifar10_ablation as c10
+  import matplotlib.pyplot as plt
+  import numpy as np
+  rows = {c10.run_key('cpu3000,warm500', v, 0): _cifar10_row(v, 0, 0.0, 0.0) for v in c10.SAMPLE_VARIANTS}
+  root = tmp_path / 'runs'
+  grid = results_dir / 'samples_cifar10_ablation.png'
+  for v in c10.SAMPLE_VARIANTS[:-1]:  # a machine that lacks one run's workdir: no grid, no error
+    path = c10.workdir_of(str(root), 'cpu3000,warm500', v, 0)
+    os.makedirs(path)
+    plt.imsave(os.path.join(path, 'samples.png'), np.zeros((8, 8, 3)))
+  c10.write_sample_grids(str(root), rows, 'cpu3000,warm500')
+  assert not grid.exists()
+  path = c10.workdir_of(str(root), 'cpu3000,warm500', c10.SAMPLE_VARIANTS[-1], 0)
+  os.makedirs(path)
+  plt.imsave(os.path.join(path, 'samples.png'), np.ones((8, 8, 3)))
+  c10.write_sample_grids(str(root), rows, 'cpu3000,warm500')
+  assert plt.imread(str(grid)).ndim == 3
