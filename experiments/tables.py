@@ -73,7 +73,12 @@ def reading_lines(name: str) -> list[str]:
 def sample_grids(name: str, panels: Sequence[tuple], width: float = 5.5, dpi: int = 90) -> None:
   """experiments/results/<name>: the runs' own `samples.png` grids (a labelled row of generator
   images per class, in the teacher's de-normalization) side by side, one panel per
-  (path, title)."""
+  (path, title). Left as it is when a panel's file is not here (a new machine holds the raw
+  results of earlier runs but not their workdirs)."""
+  missing = [path for path, _ in panels if not os.path.isfile(path)]
+  if missing:
+    print(f"{name} left as it is: {', '.join(missing)} not here", flush=True)
+    return
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
