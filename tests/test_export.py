@@ -101,21 +101,22 @@ def test_program_agrees_with_jax_student(exported, digits):
   agree = (j.argmax(1) == t.argmax(1)).mean()
   per_image = np.abs(j - t).max(1)
   scale = np.abs(j).max()
-  off_rounding = per_image > 1e-4 * scale
+  beyond_rounding = per_image > 1e-4 * scale
+  beyond_a_fine_level = per_image > 0.05 * scale
   print(f"\n{exported['qspec']}: top-1 agreement {agree:.4f}, max |Δlogit| {per_image.max():.3g}"
-        f' (logits up to {scale:.3g}), median {np.median(per_image):.3g}, '
-        f'{off_rounding.sum()} images beyond 1e-4 x the logit scale, '
+        f' (logits up to {scale:.3g}), median {np.median(per_image):.3g}; images beyond 1e-4 / 0.05'
+        f' x the logit scale: {beyond_rounding.sum()} / {beyond_a_fine_level.sum()} of {len(j)}, '
         f"JAX acc {(j.argmax(1) == test['label']).mean():.3f}")
   assert agree >= 0.995
   # Same arithmetic up to float rounding (median image ~1e-6). A value within an ulp of a
   # rounding boundary may land one activation level apart, which moves that image's logits by
-  # up to a level's worth: 1.09 of 9.66 at W2A4 on CI's CPU, whose teacher (trained here in
-  # float32) differs from the development machine's. Such flips are rare and their rate depends
-  # on the CPU (0 of 360 images on the development machine), so bound how many images leave
-  # float rounding, not by how much; a wrong scale moves most images
-  # (test_agreement_check_catches_a_wrong_range).
+  # about a level's worth: often at 8 bits, by little (64 of 360 images beyond 1e-4 x the scale,
+  # none beyond 1 % on the development machine); rarely at 4 bits, by much (1.09 of 9.66 at W2A4
+  # on CI's CPU, whose float32 teacher differs from the development machine's). So: the median
+  # image at float rounding, and few images (≤ 5 %) beyond 5 % of the scale. A wrong scale moves
+  # most images (test_agreement_check_catches_a_wrong_range).
   assert np.median(per_image) <= 1e-5 * scale
-  assert off_rounding.mean() <= 0.05, f'{off_rounding.sum()} of {len(j)} images differ'
+  assert beyond_a_fine_level.mean() <= 0.05
 
 
 def test_agreement_check_catches_a_wrong_range(w4a4, digits):
